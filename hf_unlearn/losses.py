@@ -1,0 +1,87 @@
+"""Per-example sequence losses shared by every method.
+
+Every loss here is reduced **per example**: ``ℓ_i`` is the mean cross-entropy over example ``i``'s own target
+tokens (labels ``!= -100``), never a token mean over the whole batch. With that convention the batch loss
+``(1/B) Σ ℓ_i`` is an exact average of per-sample losses, so per-sample gradients sum to the batch gradient
+(DESIGN §1) and a sample's weight does not depend on its length.
+"""
+
+import torch
+from torch import Tensor
+
+
+IGNORE_INDEX = -100
+
+
+def token_log_probs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Log-probability of each target token and the mask of real targets.
+
+    ``logits`` must already be aligned with ``labels`` (logits[:, t] predicts labels[:, t]). Low-precision logits
+    are promoted to float32; float64 stays float64 so tests can check against float64 references.
+
+    Returns:
+        `(log_probs, mask)`, both ``[B, T]``; ``log_probs`` is zero where ``mask`` is false.
+    """
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    mask = labels != IGNORE_INDEX  # [B, T]
+    safe_labels = labels.masked_fill(~mask, 0)
+    log_probs = torch.log_softmax(logits, dim=-1).gather(-1, safe_labels.unsqueeze(-1)).squeeze(-1)  # [B, T]
+    return log_probs * mask, mask
+
+
+def sequence_log_prob(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """``log π(y|x)`` summed over each example's target tokens, and each example's target length ``|y|``."""
+    log_probs, mask = token_log_probs(logits, labels)
+    return log_probs.sum(-1), mask.sum(-1)
+
+
+def per_example_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """``ℓ_i``: mean token cross-entropy over example ``i``'s own targets, shape ``[B]``.
+
+    An example with no target token would divide by zero; it is a data error, so it raises instead.
+    """
+    seq_log_prob, lengths = sequence_log_prob(logits, labels)
+    if bool((lengths == 0).any()):
+        raise ValueError(
+            "An example has no target token (all labels are -100). Drop empty transcripts/answers from the "
+            "dataset or raise the truncation length."
+        )
+    return -seq_log_prob / lengths
+
+
+def align_logits_and_labels(logits: Tensor, labels: Tensor, is_encoder_decoder: bool) -> tuple[Tensor, Tensor]:
+    """Causal LMs predict token t+1 at position t (labels are the inputs, unshifted, as in transformers);
+    seq2seq decoders are fed shifted inputs, so their logits already line up with their labels."""
+    if is_encoder_decoder:
+        return logits, labels
+    return logits[:, :-1], labels[:, 1:]
+
+
+def shift_labels_right(labels: Tensor, pad_token_id: int, decoder_start_token_id: int) -> Tensor:
+    """transformers' seq2seq convention: ``decoder_input_ids`` are the labels shifted one step right."""
+    shifted = labels.new_full(labels.shape, pad_token_id)
+    shifted[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == IGNORE_INDEX, pad_token_id)
+    shifted[:, 0] = decoder_start_token_id
+    return shifted
+
+
+def model_per_example_loss(
+    model: torch.nn.Module, inputs: dict[str, Tensor], config: object | None = None
+) -> tuple[Tensor, object]:
+    """Run ``model`` on a collated batch and return ``(ℓ [B], model outputs)``.
+
+    ``labels`` are taken out of the model call so the model does not also compute its own batch-token-mean loss
+    (a wasted vocabulary-sized cross-entropy, and a different reduction). For an encoder-decoder batch without
+    ``decoder_input_ids`` they are derived from the labels the way transformers' seq2seq models do. Pass
+    ``config`` when ``model`` is wrapped (DDP, DeepSpeed) and no longer exposes ``.config``.
+    """
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    config = config if config is not None else model.config
+    is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+    if is_encoder_decoder and "decoder_input_ids" not in inputs:
+        inputs["decoder_input_ids"] = shift_labels_right(labels, config.pad_token_id, config.decoder_start_token_id)
+    outputs = model(**inputs)
+    logits, labels = align_logits_and_labels(outputs.logits, labels, is_encoder_decoder)
+    return per_example_loss(logits, labels), outputs
