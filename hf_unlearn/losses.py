@@ -41,7 +41,11 @@ def per_example_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
     An example with no target token would divide by zero; it is a data error, so it raises instead.
     """
-    seq_log_prob, lengths = sequence_log_prob(logits, labels)
+    return per_example_loss_from_log_prob(*sequence_log_prob(logits, labels))
+
+
+def per_example_loss_from_log_prob(seq_log_prob: Tensor, lengths: Tensor) -> Tensor:
+    """``ℓ_i = −log π(y_i|x_i) / |y_i|``."""
     if bool((lengths == 0).any()):
         raise ValueError(
             "An example has no target token (all labels are -100). Drop empty transcripts/answers from the "
@@ -66,10 +70,10 @@ def shift_labels_right(labels: Tensor, pad_token_id: int, decoder_start_token_id
     return shifted
 
 
-def model_per_example_loss(
+def model_sequence_log_prob(
     model: torch.nn.Module, inputs: dict[str, Tensor], config: object | None = None
-) -> tuple[Tensor, object]:
-    """Run ``model`` on a collated batch and return ``(ℓ [B], model outputs)``.
+) -> tuple[Tensor, Tensor]:
+    """Run ``model`` on a collated batch; return ``(log π(y|x) [B], |y| [B])`` over each example's targets.
 
     ``labels`` are taken out of the model call so the model does not also compute its own batch-token-mean loss
     (a wasted vocabulary-sized cross-entropy, and a different reduction). For an encoder-decoder batch without
@@ -84,4 +88,12 @@ def model_per_example_loss(
         inputs["decoder_input_ids"] = shift_labels_right(labels, config.pad_token_id, config.decoder_start_token_id)
     outputs = model(**inputs)
     logits, labels = align_logits_and_labels(outputs.logits, labels, is_encoder_decoder)
-    return per_example_loss(logits, labels), outputs
+    return sequence_log_prob(logits, labels)
+
+
+def model_per_example_loss(
+    model: torch.nn.Module, inputs: dict[str, Tensor], config: object | None = None
+) -> Tensor:
+    """ℓ [B]: ``model_sequence_log_prob`` turned into the per-example mean token cross-entropy."""
+    seq_log_prob, lengths = model_sequence_log_prob(model, inputs, config)
+    return per_example_loss_from_log_prob(seq_log_prob, lengths)

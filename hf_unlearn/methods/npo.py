@@ -1,0 +1,67 @@
+"""Negative Preference Optimization (NPO): gradient ascent with a bounded, reference-relative loss."""
+
+from dataclasses import dataclass, field
+
+import torch.nn.functional as F
+
+from ..configs import UnlearnConfig
+from ..losses import model_sequence_log_prob
+from ..trainer import UnlearnTrainer
+from .reference import ReferencePolicy, reference_log_prob
+
+
+@dataclass
+class NPOConfig(UnlearnConfig):
+    r"""
+    Configuration for [`NPOTrainer`].
+
+    Parameters:
+        beta (`float`, *optional*, defaults to `0.1`):
+            Inverse temperature β of the NPO loss (the paper's default). As β → 0 NPO tends to gradient ascent.
+        retain_weight (`float`, *optional*, defaults to `1.0`):
+            λ of the retain term.
+    """
+
+    beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature beta (> 0)."})
+
+    def __post_init__(self):
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}.")
+        super().__post_init__()
+
+
+class NPOTrainer(UnlearnTrainer):
+    r"""
+    NPO ([Zhang et al., 2024](https://huggingface.co/papers/2404.05868)):
+
+        L = (2/β)·mean_j log(1 + (π_θ(y_j|x_j) / π_ref(y_j|x_j))^β) + λ·L_r
+
+    with π the sequence likelihood (sum of target-token log-probabilities) and π_ref the model before unlearning:
+    the same network with its adapter disabled for a peft model, a frozen copy otherwise. The log-term equals
+    `softplus(β·(log π_θ − log π_ref))`, which is what is computed.
+    """
+
+    _name = "NPO"
+    _tag_names = UnlearnTrainer._tag_names + ["npo"]
+    _paper = {
+        "title": "Negative Preference Optimization: From Catastrophic Collapse to Effective Unlearning",
+        "id": "2404.05868",
+    }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reference = ReferencePolicy(self.accelerator.unwrap_model(self.model))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        log_prob, lengths = model_sequence_log_prob(model, inputs, self.model_config)
+        unwrapped = self.accelerator.unwrap_model(model)
+        ref_log_prob = reference_log_prob(
+            self.reference, unwrapped, lambda m: model_sequence_log_prob(m, inputs, self.model_config)[0]
+        )
+        beta = self.args.beta
+        loss = (2.0 / beta) * F.softplus(beta * (log_prob - ref_log_prob)).mean()
+        self.log_metric("forget/loss", (-log_prob / lengths).mean())
+        self.log_metric("npo/log_ratio", (log_prob - ref_log_prob).mean())
+        loss = loss + self.weighted_retain_loss(model)
+        self.check_finite(loss)
+        return (loss, None) if return_outputs else loss

@@ -1,0 +1,299 @@
+"""`UnlearnTrainer`: the forget/retain plumbing every method shares. No unlearning maths lives here."""
+
+import os
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from datasets import Dataset
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler
+from transformers import PreTrainedModel, Trainer, TrainerCallback
+
+from .configs import UnlearnConfig
+from .losses import model_per_example_loss
+
+
+class UnlearnTrainer(Trainer):
+    r"""
+    Base class of every unlearning trainer: pairs the forget and retain streams, checks the inputs, logs
+    namespaced metrics and evaluates forget/retain splits. Subclasses implement the objective — loss-only
+    methods override `compute_loss`, gradient-editing methods (OrthoGrad, LUR) override `training_step`.
+
+    Args:
+        model (`PreTrainedModel` or `nn.Module`):
+            The model to unlearn from. With `peft_config` it is wrapped with `peft.get_peft_model` and only the
+            adapter trains; without, its parameters with `requires_grad=True` train (full fine-tuning).
+        args ([`UnlearnConfig`]):
+            The method's configuration.
+        forget_dataset (`datasets.Dataset`):
+            Examples to forget. The Trainer's train dataloader iterates it: an epoch is one pass over it.
+        retain_dataset (`datasets.Dataset`, *optional*):
+            Examples to keep. Required when the method uses a retain term (`retain_weight > 0`).
+        eval_dataset (`Dataset` or `dict[str, Dataset]`, *optional*):
+            Splits to evaluate, e.g. `{"forget": ..., "retain": ..., "test": ...}`; metrics are logged as
+            `eval_<split>_<metric>` (usable as `metric_for_best_model`).
+        data_collator (`Callable`, *optional*):
+            Turns a list of examples into a batch with `labels` (per-example targets, `-100` elsewhere).
+        processing_class (*optional*):
+            Tokenizer or processor; saved with the model and used for generation-based metrics.
+        peft_config (`peft.PeftConfig`, *optional*):
+            Adapter to add to `model` before training.
+        callbacks (`list[TrainerCallback]`, *optional*):
+            Passed to [`~transformers.Trainer`].
+
+    Example:
+
+    ```python
+    from hf_unlearn import GradDiffConfig, GradDiffTrainer
+
+    trainer = GradDiffTrainer(
+        model=model,
+        args=GradDiffConfig(output_dir="out", retain_weight=1.0, max_steps=20),
+        forget_dataset=corpus["forget"],
+        retain_dataset=corpus["retain"],
+        data_collator=collator,
+        processing_class=processor,
+        peft_config=LoraConfig(r=8, target_modules=["q_proj", "v_proj"]),
+    )
+    trainer.train()
+    ```
+    """
+
+    _name = "Unlearn"
+    _tag_names = ["hf-unlearn", "unlearning"]
+    # Per-example losses are already means (DESIGN §1); the Trainer divides by the accumulation steps itself.
+    loss_is_scaled_for_ga = False
+    # Whether the objective reads a retain batch at every step.
+    uses_retain_batch = True
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module,
+        args: UnlearnConfig,
+        forget_dataset: Dataset,
+        retain_dataset: Dataset | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        data_collator: Any | None = None,
+        processing_class: Any | None = None,
+        peft_config: Any | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple = (None, None),
+    ):
+        if not isinstance(args, UnlearnConfig):
+            raise TypeError(f"args must be an UnlearnConfig (or a method's config), got {type(args).__name__}.")
+        if forget_dataset is None or len(forget_dataset) == 0:
+            raise ValueError(
+                "The forget set is empty: pass forget_dataset with at least one example (check the speaker/author "
+                "filter that built it)."
+            )
+        needs_retain = self.uses_retain_batch and args.retain_weight > 0
+        if needs_retain and (retain_dataset is None or len(retain_dataset) == 0):
+            raise ValueError(
+                f"{type(self).__name__} with retain_weight={args.retain_weight} needs a non-empty retain_dataset; "
+                "pass one, or set retain_weight=0."
+            )
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+        _check_trainable_parameters(model)
+        _check_vocabulary_fits(model, processing_class)
+
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self.retain_dataset = retain_dataset if needs_retain else None
+        self._retain_iterator: Iterator | None = None
+        self._retain_dataloader: DataLoader | None = None
+        self._retain_epoch = 0
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=forget_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        self.model_config = self.accelerator.unwrap_model(self.model).config
+
+    # ------------------------------------------------------------------ streams
+
+    def get_retain_dataloader(self) -> DataLoader:
+        """Retain batches, sharded over processes like the train dataloader and seeded by `args.seed`.
+
+        Partial batches are dropped whenever the retain set holds at least one global batch: the stream cycles, so
+        nothing is lost, and methods that project against the retain batch (OrthoGrad) see a constant `k`.
+        """
+        global_batch = self.args.per_device_retain_batch_size * self.accelerator.num_processes
+        generator = torch.Generator()
+        generator.manual_seed(self.args.seed)
+        dataloader = DataLoader(
+            self.retain_dataset,
+            batch_size=self.args.per_device_retain_batch_size,
+            sampler=RandomSampler(self.retain_dataset, generator=generator),
+            collate_fn=self.data_collator,
+            drop_last=len(self.retain_dataset) >= global_batch,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return self.accelerator.prepare_data_loader(dataloader)
+
+    def next_retain_batch(self) -> dict[str, torch.Tensor]:
+        """Next retain batch, on the training device; the stream wraps around (and reshuffles) without end."""
+        if self.retain_dataset is None:
+            raise RuntimeError(f"{type(self).__name__} has no retain stream (retain_weight=0 or no retain_dataset).")
+        if self._retain_dataloader is None:
+            self._retain_dataloader = self.get_retain_dataloader()
+            self._retain_iterator = iter(self._retain_dataloader)
+        try:
+            batch = next(self._retain_iterator)
+        except StopIteration:
+            self._retain_epoch += 1
+            if hasattr(self._retain_dataloader, "set_epoch"):
+                self._retain_dataloader.set_epoch(self._retain_epoch)
+            self._retain_iterator = iter(self._retain_dataloader)
+            batch = next(self._retain_iterator)
+        return self._prepare_inputs(batch)
+
+    # ------------------------------------------------------------------ losses
+
+    def per_example_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """ℓ_i, the mean loss over example i's own target tokens, shape [B] (DESIGN §1)."""
+        return model_per_example_loss(model, inputs, self.model_config)
+
+    def weighted_retain_loss(self, model: nn.Module) -> torch.Tensor | float:
+        """``λ·L_r`` on the next retain batch (and logged), or ``0`` when the retain term is off."""
+        if self.args.retain_weight == 0 or not self.uses_retain_batch:
+            return 0.0
+        retain_loss = self.per_example_loss(model, self.next_retain_batch()).mean()
+        self.log_metric("retain/loss", retain_loss)
+        return self.args.retain_weight * retain_loss
+
+    def check_finite(self, loss: torch.Tensor, what: str = "loss") -> None:
+        """Stop on NaN/inf before the optimizer sees it: the last saved checkpoint stays the last good one."""
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError(
+                f"Non-finite {what} at global step {self.state.global_step}: lower learning_rate, set "
+                "max_grad_norm, or check the data for empty targets. Checkpoints already saved in "
+                f"{self.args.output_dir} are left as they were."
+            )
+
+    def log_metric(self, key: str, value: torch.Tensor | float) -> None:
+        """Record a scalar for the next `log()` call, which averages everything recorded since the last one."""
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode][key].append(float(value.detach()) if isinstance(value, torch.Tensor) else float(value))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        averaged = {key: sum(vals) / len(vals) for key, vals in self._metrics[mode].items() if vals}
+        if mode == "eval":
+            averaged = {f"eval_{key}": val for key, val in averaged.items()}
+        logs = {**logs, **averaged}
+        self._metrics[mode].clear()
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ training
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        _check_output_dir(self.args, resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(
+        self,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> dict[str, float]:
+        """Per-split loss (mean ℓ_i) and, for speech models, WER/CER from greedy `generate`.
+
+        Keys are `<prefix>_<split>_<metric>`, e.g. `eval_forget_wer`, usable as `metric_for_best_model`.
+        """
+        eval_dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if eval_dataset is None:
+            raise ValueError("evaluate() needs an eval_dataset (a Dataset or a dict of named splits).")
+        splits = eval_dataset if isinstance(eval_dataset, dict) else {"": eval_dataset}
+        metrics: dict[str, float] = {}
+        for split_name, dataset in splits.items():
+            prefix = f"{metric_key_prefix}_{split_name}" if split_name else metric_key_prefix
+            for key, value in self.evaluate_split(dataset).items():
+                metrics[f"{prefix}_{key}"] = value
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    @torch.no_grad()
+    def evaluate_split(self, dataset: Dataset) -> dict[str, float]:
+        """Metrics of one split. Subclasses add method-specific ones by extending the returned dict."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            losses = []
+            for batch in self.get_eval_dataloader(dataset):
+                batch = self._prepare_inputs(batch)
+                with self.autocast_smart_context_manager():
+                    losses.append(self.per_example_loss(model, batch).float())
+            per_example = self.accelerator.gather_for_metrics(torch.cat(losses))
+            metrics = {"loss": float(per_example.mean())}
+            if self.args.eval_generate and _is_speech_processor(self.processing_class):
+                metrics.update(self._transcription_metrics(dataset))
+        finally:
+            model.train(was_training)
+        return metrics
+
+    def _transcription_metrics(self, dataset: Dataset) -> dict[str, float]:
+        from .eval.asr import transcribe, wer_cer
+
+        model = self.accelerator.unwrap_model(self.model)
+        hypotheses = transcribe(
+            model,
+            self.processing_class,
+            dataset,
+            batch_size=self.args.per_device_eval_batch_size,
+            max_new_tokens=self.args.generation_max_new_tokens,
+        )
+        return wer_cer(list(dataset["text"]), hypotheses)
+
+
+def _is_speech_processor(processing_class: Any) -> bool:
+    return processing_class is not None and hasattr(processing_class, "feature_extractor")
+
+
+def _check_trainable_parameters(model: nn.Module) -> None:
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(
+            "The model has no trainable parameters: pass peft_config=LoraConfig(...) to train an adapter, or set "
+            "requires_grad=True on the parameters to fine-tune."
+        )
+
+
+def _check_vocabulary_fits(model: nn.Module, processing_class: Any) -> None:
+    """A tokenizer larger than the embedding table indexes out of range deep inside the forward; say so here."""
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    if tokenizer is None or not hasattr(tokenizer, "__len__") or not hasattr(model, "get_input_embeddings"):
+        return
+    embeddings = model.get_input_embeddings()
+    if embeddings is None:
+        return
+    if len(tokenizer) > embeddings.num_embeddings:
+        raise ValueError(
+            f"The tokenizer has {len(tokenizer)} tokens but the model's embedding table has "
+            f"{embeddings.num_embeddings}: pass the tokenizer/processor saved with this model, or call "
+            "model.resize_token_embeddings(len(tokenizer)) before unlearning."
+        )
+
+
+def _check_output_dir(args: UnlearnConfig, resume_from_checkpoint: str | bool | None) -> None:
+    output_dir = args.output_dir
+    if resume_from_checkpoint or args.overwrite_output_dir or output_dir is None:
+        return
+    if os.path.isdir(output_dir) and os.listdir(output_dir):
+        raise FileExistsError(
+            f"output_dir {output_dir!r} is not empty: pass overwrite_output_dir=True (--overwrite_output_dir), "
+            "choose another output_dir, or resume with resume_from_checkpoint."
+        )
+
