@@ -1,0 +1,22 @@
+"""Render `{"base"|"retrain"|"unlearned": {split: {metric: value}}}` results as one markdown table."""
+
+
+def metrics_table(results: dict[str, dict[str, dict[str, float]]], metrics: tuple[str, ...] = ("wer", "cer")) -> str:
+    """One row per model, one column per (split, metric), in the order the splits first appear.
+
+    Missing entries render as `–` so a run without an exact-retrain reference still prints a full table.
+    """
+    splits: list[str] = []
+    for per_split in results.values():
+        splits += [split for split in per_split if split not in splits]
+    columns = [(split, metric) for metric in metrics for split in splits]
+    header = "| model | " + " | ".join(f"{split} {metric.upper()}" for split, metric in columns) + " |"
+    rule = "|---|" + "---:|" * len(columns)
+    rows = []
+    for model_name, per_split in results.items():
+        cells = []
+        for split, metric in columns:
+            value = per_split.get(split, {}).get(metric)
+            cells.append("–" if value is None else f"{value:.3f}")
+        rows.append(f"| {model_name} | " + " | ".join(cells) + " |")
+    return "\n".join([header, rule, *rows])

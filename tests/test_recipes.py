@@ -1,0 +1,82 @@
+"""`recipes/unlearn_whisper.py` end to end on the tiniest setting, in a subprocess as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "unlearn_whisper.py"
+SPLITS = {"forget", "forget_test", "retain", "test"}
+
+
+def run_recipe(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, str(RECIPE), "--corpus_preset", "tiny", "--max_steps", "2", "--logging_steps", "1", *args],
+        capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO,
+    )
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("recipe") / "out"
+    result = run_recipe("--output_dir", str(output_dir))
+    assert result.returncode == 0, result.stderr[-4000:]
+    return output_dir, result
+
+
+def test_recipe_writes_adapter_processor_config_and_metrics(default_run):
+    output_dir, result = default_run
+    assert (output_dir / "adapter_model.safetensors").is_file()
+    assert (output_dir / "adapter_config.json").is_file()
+    assert (output_dir / "preprocessor_config.json").is_file() and (output_dir / "tokenizer.json").is_file()
+    resolved = json.loads((output_dir / "unlearn_config.json").read_text())
+    assert resolved["script"]["method"] == "graddiff" and resolved["config"]["max_steps"] == 2
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert set(metrics) == {"base", "retrain", "unlearned"}
+    for model_metrics in metrics.values():
+        assert set(model_metrics) == SPLITS
+        assert all(0.0 <= m["wer"] and 0.0 <= m["cer"] for m in model_metrics.values())
+    assert "| model | forget WER |" in result.stdout
+    # The base model memorised the forget speaker; the exact-retrain model never heard it.
+    assert metrics["base"]["forget"]["wer"] <= 0.05
+    assert metrics["retrain"]["forget"]["wer"] > metrics["base"]["forget"]["wer"]
+
+
+def test_recipe_refuses_non_empty_output_dir_before_training(tmp_path):
+    (tmp_path / "keep.txt").write_text("user data")
+    result = run_recipe("--output_dir", str(tmp_path), "--overwrite_output_dir", "false")
+    assert result.returncode != 0
+    assert "overwrite_output_dir" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_recipe_with_a_locally_saved_model(default_run, tmp_path):
+    """--model_name_or_path goes through from_pretrained, as a Hub id would (here: a model saved to disk)."""
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from hf_unlearn.data import SpeechCorpusConfig, build_speech_corpus
+    from hf_unlearn.models.reference import ReferenceTrainingConfig, train_reference_model
+
+    corpus = build_speech_corpus(SpeechCorpusConfig.tiny(), "speaker_0")
+    base = train_reference_model(corpus, "base", training_config=ReferenceTrainingConfig.tiny(seed=0))
+    local = tmp_path / "my-whisper"
+    WhisperForConditionalGeneration.from_pretrained(base).save_pretrained(local)
+    WhisperProcessor.from_pretrained(base).save_pretrained(local)
+    output_dir = tmp_path / "out"
+    result = run_recipe("--model_name_or_path", str(local), "--output_dir", str(output_dir), "--method", "npo")
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert set(metrics) == {"base", "unlearned"}
+    assert metrics["base"]["forget"]["wer"] <= 0.05
+
+
+def test_recipe_unknown_speaker_lists_the_available_ones(tmp_path):
+    result = run_recipe("--output_dir", str(tmp_path / "o"), "--forget_speaker", "nobody")
+    assert result.returncode != 0
+    assert "speaker_0" in result.stderr and "nobody" in result.stderr
