@@ -197,7 +197,7 @@ class UnlearnTrainer(Trainer):
     # ------------------------------------------------------------------ training
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        _check_output_dir(self.args, resume_from_checkpoint)
+        check_output_dir(self.args, resume_from_checkpoint)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     # ------------------------------------------------------------------ evaluation
@@ -287,7 +287,8 @@ def _check_vocabulary_fits(model: nn.Module, processing_class: Any) -> None:
         )
 
 
-def _check_output_dir(args: UnlearnConfig, resume_from_checkpoint: str | bool | None) -> None:
+def check_output_dir(args: UnlearnConfig, resume_from_checkpoint: str | bool | None = None) -> None:
+    """Refuse a non-empty `output_dir` unless told to overwrite it; recipes call it before any training time."""
     output_dir = args.output_dir
     if resume_from_checkpoint or args.overwrite_output_dir or output_dir is None:
         return
