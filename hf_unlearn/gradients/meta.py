@@ -289,7 +289,9 @@ class LURObjective:
 
     The second-order surrogate keeps the graph of the inner gradient, so its backward costs about one extra backward
     (the Hessian-vector product) and the inner forward's activations stay alive until then. The first-order one
-    costs a forward and backward of each batch, like GradDiff, plus a second backward of the inner loss.
+    costs a forward and backward of each batch, like GradDiff, and frees the inner batch's graph before the outer
+    forward. Neither backpropagates through L_inner(θ) twice: the surrogate carries the inner gradient already
+    computed as a linear term.
 
     The first second-order call also walks the inner gradient's graph and runs one Hessian-vector product on its
     own, so that a model with an op without double backward fails here with a message naming the fix
@@ -403,7 +405,8 @@ class LURObjective:
         # gradient is the inner gradient already in hand: the surrogate carries it as ⟨∇L_inner, θ − sg(θ)⟩ (value 0,
         # gradient ∇L_inner) rather than backpropagating through L_inner(θ) a second time — one backward of the inner
         # batch saved, and in first order its graph is freed before the outer forward.
-        linear = [(g.detach() * (p - p.detach())).sum() for p, g in zip(tensors, inner_grads, strict=True) if g is not None]
+        pairs = zip(tensors, inner_grads, strict=True)
+        linear = [(g.detach() * (p - p.detach())).sum() for p, g in pairs if g is not None]
         inner_term = inner_loss.detach() + torch.stack(linear).sum() if linear else inner_loss
         meta_loss = inner_weight * inner_term + outer_weight * outer_loss
 
