@@ -2,7 +2,9 @@
 
 from .grad_ascent import GradAscentConfig, GradAscentTrainer
 from .grad_diff import GradDiffConfig, GradDiffTrainer
+from .lur import LURConfig, LURTrainer
 from .npo import NPOConfig, NPOTrainer
+from .orthograd import GRUConfig, GRUTrainer, OrthoGradConfig, OrthoGradTrainer
 from .simnpo import SimNPOConfig, SimNPOTrainer
 
 
@@ -12,6 +14,9 @@ METHODS = {
     "graddiff": (GradDiffConfig, GradDiffTrainer),
     "npo": (NPOConfig, NPOTrainer),
     "simnpo": (SimNPOConfig, SimNPOTrainer),
+    "orthograd": (OrthoGradConfig, OrthoGradTrainer),
+    "gru": (GRUConfig, GRUTrainer),
+    "lur": (LURConfig, LURTrainer),
 }
 
 __all__ = [
@@ -20,8 +25,14 @@ __all__ = [
     "GradAscentTrainer",
     "GradDiffConfig",
     "GradDiffTrainer",
+    "GRUConfig",
+    "GRUTrainer",
+    "LURConfig",
+    "LURTrainer",
     "NPOConfig",
     "NPOTrainer",
+    "OrthoGradConfig",
+    "OrthoGradTrainer",
     "SimNPOConfig",
     "SimNPOTrainer",
 ]
