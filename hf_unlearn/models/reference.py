@@ -1,0 +1,240 @@
+"""The base model and the exact-retrain reference of the speech benchmark (DESIGN §6, §7).
+
+"base" is the tiny Whisper trained from scratch on forget + retain: the model to unlearn from, which must have
+memorised the forget speaker. "retrain" is trained identically on retain only: the gold standard unlearning should
+look like. Both are cached on disk keyed by a hash of everything that determines them (training data content,
+tokenizer, model config, hyperparameters), so a benchmark run pays for training once.
+"""
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import transformers
+from datasets import Dataset, DatasetDict, concatenate_datasets
+from transformers import Trainer, TrainingArguments, WhisperForConditionalGeneration, WhisperProcessor
+
+from hf_unlearn.data.collators import SpeechSeq2SeqCollator, prepare_speech_dataset
+from hf_unlearn.data.speech_corpus import default_cache_dir
+from hf_unlearn.models.tiny_whisper import build_tiny_whisper, build_whisper_processor
+
+
+# Bump when training code changes in a way that changes the result, so stale caches are not reused.
+_REFERENCE_FORMAT_VERSION = 1
+INFO_FILE = "hf_unlearn_reference.json"
+
+
+@dataclass(frozen=True)
+class ReferenceTrainingConfig:
+    """Hyperparameters for training a reference model from scratch on CPU.
+
+    The defaults make the base model memorise the default corpus (forget WER <= 0.05) in about 1000 steps, a couple
+    of minutes on 2 idle CPU cores: small batches give many steps per epoch; a constant learning rate keeps making
+    progress through the long plateau where the decoder knows the word statistics but does not yet listen (a cosine
+    decay over the same budget left the plateau too late), and a final decay (warmup-stable-decay) settles the
+    memorised transcripts instead of leaving them flickering at a high learning rate.
+
+    Args:
+        learning_rate (`float`, *optional*, defaults to `1e-3`): Peak AdamW learning rate.
+        num_train_epochs (`int`, *optional*, defaults to `70`): Passes over the training split.
+        batch_size (`int`, *optional*, defaults to `8`): Utterances per step.
+        warmup_steps (`int`, *optional*, defaults to `50`): Linear warmup from 0.
+        lr_scheduler_type (`str`, *optional*, defaults to `"warmup_stable_decay"`): transformers scheduler name.
+        decay_fraction (`float`, *optional*, defaults to `0.3`): With `"warmup_stable_decay"`, the final fraction of
+            the steps over which the learning rate decays to 0.
+        weight_decay (`float`, *optional*, defaults to `0.0`): AdamW weight decay.
+        max_grad_norm (`float`, *optional*, defaults to `1.0`): Gradient clipping.
+        seed (`int`, *optional*, defaults to `0`): Seeds the initialisation and the data order.
+    """
+
+    learning_rate: float = 1e-3
+    num_train_epochs: int = 70
+    batch_size: int = 8
+    warmup_steps: int = 50
+    lr_scheduler_type: str = "warmup_stable_decay"
+    decay_fraction: float = 0.3
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+    @classmethod
+    def tiny(cls, **overrides) -> "ReferenceTrainingConfig":
+        """For `SpeechCorpusConfig.tiny()` in tests: a dozen utterances memorised in well under a minute."""
+        values = dict(
+            learning_rate=1e-3,
+            num_train_epochs=100,
+            batch_size=4,
+            warmup_steps=20,
+            lr_scheduler_type="constant_with_warmup",
+        )
+        values.update(overrides)
+        return cls(**values)
+
+
+def processor_for_corpus(corpus: DatasetDict, clip_seconds: int = 4, vocab_size: int = 512) -> WhisperProcessor:
+    """The processor shared by the base and retrain models of `corpus`.
+
+    The tokenizer is learnt from the sorted training transcripts of *all* speakers (forget + retain), so it is the
+    same whichever speaker is forgotten and both references (and the unlearned model) share one vocabulary.
+    """
+    texts = sorted(list(corpus["forget"]["text"]) + list(corpus["retain"]["text"]))
+    return build_whisper_processor(texts, clip_seconds=clip_seconds, vocab_size=vocab_size)
+
+
+def train_reference_model(
+    corpus: DatasetDict,
+    kind: Literal["base", "retrain"],
+    processor: WhisperProcessor | None = None,
+    model_overrides: dict | None = None,
+    training_config: ReferenceTrainingConfig | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> str:
+    """Train (or reuse from cache) a tiny Whisper from scratch and return the local directory it is saved in.
+
+    Args:
+        corpus (`DatasetDict`): Splits `forget` and `retain` (as from `build_speech_corpus`).
+        kind (`"base"` or `"retrain"`): Train on forget + retain, or on retain only (the exact-retrain reference).
+        processor (`WhisperProcessor`, *optional*): Defaults to `processor_for_corpus(corpus)`; it is saved with the
+            model, so `WhisperProcessor.from_pretrained(path)` gives it back.
+        model_overrides (`dict`, *optional*): `WhisperConfig` overrides passed to `build_tiny_whisper`.
+        training_config (`ReferenceTrainingConfig`, *optional*): Hyperparameters; defaults to the class defaults.
+        cache_dir (`str`, *optional*): Defaults to `$HF_UNLEARN_CACHE` or `~/.cache/hf_unlearn`.
+
+    Returns:
+        Path of a directory holding `model.safetensors`, the configs, the processor files and
+        `hf_unlearn_reference.json` (the cache key's inputs and training statistics).
+    """
+    if kind not in ("base", "retrain"):
+        raise ValueError(f"kind must be 'base' or 'retrain', got {kind!r}.")
+    for split in ("forget", "retain"):
+        if split not in corpus:
+            raise ValueError(
+                f"The corpus needs a {split!r} split (as built by build_speech_corpus); got {list(corpus)}."
+            )
+    processor = processor if processor is not None else processor_for_corpus(corpus)
+    training_config = training_config if training_config is not None else ReferenceTrainingConfig()
+    model_overrides = dict(model_overrides or {})
+
+    parts = [corpus["forget"], corpus["retain"]] if kind == "base" else [corpus["retain"]]
+    train_split = concatenate_datasets(parts)
+    order = np.argsort(np.asarray(list(train_split["id"])), kind="stable")
+    train_split = train_split.select(order)  # the base set is the same rows whichever speaker is forgotten
+
+    # The model config is resolved first so the key covers defaults, not only the overrides given here.
+    transformers.set_seed(training_config.seed)
+    model = build_tiny_whisper(processor, **model_overrides)
+    key_payload = {
+        "format": _REFERENCE_FORMAT_VERSION,
+        "data": dataset_digest(train_split),
+        "tokenizer": _tokenizer_digest(processor),
+        "feature_extractor": processor.feature_extractor.to_dict(),
+        "model": _config_for_key(model.config),
+        "training": asdict(training_config),
+    }
+    key = hashlib.sha256(json.dumps(key_payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = root / "reference_models" / f"{kind}-{key}"
+    if (target / INFO_FILE).exists():
+        return str(target)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{kind}-"))
+    try:
+        stats = _train(model, processor, train_split, training_config, tmp / "trainer")
+        shutil.rmtree(tmp / "trainer", ignore_errors=True)
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        info = {"kind": kind, "key": key, "num_train_utterances": len(train_split), **stats, "key_inputs": key_payload}
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished the same model first; keep theirs
+            if not (target / INFO_FILE).exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def _train(
+    model: WhisperForConditionalGeneration,
+    processor: WhisperProcessor,
+    train_split: Dataset,
+    config: ReferenceTrainingConfig,
+    output_dir: Path,
+) -> dict:
+    features = prepare_speech_dataset(train_split, processor)
+    scheduler_kwargs = {}
+    if config.lr_scheduler_type == "warmup_stable_decay":
+        total_steps = math.ceil(len(features) / config.batch_size) * config.num_train_epochs
+        scheduler_kwargs = {"num_decay_steps": max(1, int(config.decay_fraction * total_steps))}
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=config.batch_size,
+        num_train_epochs=config.num_train_epochs,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        lr_scheduler_type=config.lr_scheduler_type,
+        lr_scheduler_kwargs=scheduler_kwargs,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        seed=config.seed,
+        data_seed=config.seed,
+        optim="adamw_torch",
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=50,
+        report_to="none",
+        disable_tqdm=True,
+        # The collator reads `text`; the Trainer must not drop it as "unused by the model".
+        remove_unused_columns=False,
+        dataloader_pin_memory=False,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=features, data_collator=SpeechSeq2SeqCollator(processor))
+    start = time.perf_counter()
+    result = trainer.train()
+    model.eval()
+    return {"train_seconds": round(time.perf_counter() - start, 2), "train_loss": result.training_loss,
+            "global_step": result.global_step}  # fmt: skip
+
+
+def load_reference_model(path: str | os.PathLike) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
+    """The model (in eval mode) and processor saved by `train_reference_model`."""
+    model = WhisperForConditionalGeneration.from_pretrained(str(path))
+    model.eval()
+    return model, WhisperProcessor.from_pretrained(str(path))
+
+
+def dataset_digest(dataset: Dataset) -> str:
+    """Content hash of a speech split (ids, texts, speakers, audio samples), in row order."""
+    digest = hashlib.sha256()
+    table = dataset.with_format("arrow")
+    for start in range(0, len(dataset), 256):
+        batch = table[start : start + 256]
+        for name in ("id", "text", "speaker_id"):
+            if name in batch.column_names:
+                digest.update(json.dumps(batch.column(name).to_pylist()).encode())
+        if "audio" in batch.column_names:
+            audio = batch.column("audio").combine_chunks()
+            samples = audio.field("array").flatten()  # respects slicing offsets, unlike `.values`
+            digest.update(np.asarray(samples.to_numpy(zero_copy_only=False), dtype=np.float32).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _tokenizer_digest(processor: WhisperProcessor) -> str:
+    return hashlib.sha256(processor.tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+
+
+def _config_for_key(config) -> dict:
+    values = config.to_dict()
+    for name in ("transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype"):
+        values.pop(name, None)
+    return values
