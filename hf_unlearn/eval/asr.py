@@ -72,8 +72,12 @@ def transcribe(
 
     Works for a plain `WhisperForConditionalGeneration` and for a peft model wrapping one (generate is forwarded to
     the base model with the adapter active). Inputs are moved to the model's device and floating dtype; the model is
-    put in eval mode for decoding and restored afterwards.
+    put in eval mode for decoding and restored afterwards. `max_new_tokens` is capped at what the decoder can hold
+    after Whisper's prefix tokens (`max_target_positions` minus the prefix), which `generate` would otherwise reject.
     """
+    if max_new_tokens is not None:
+        room = model.config.max_target_positions - len(processor.tokenizer.prefix_tokens)
+        max_new_tokens = min(max_new_tokens, room)
     parameter = next(model.parameters())
     was_training = model.training
     model.eval()

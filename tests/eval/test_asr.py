@@ -68,3 +68,13 @@ def test_transcribe_follows_model_dtype(tiny_corpus, tiny_processor, small_model
     model64.to(torch.float64)
     data = tiny_corpus["forget"].select(range(2))
     assert len(transcribe(model64, tiny_processor, data, max_new_tokens=3)) == 2
+
+
+def test_transcribe_caps_max_new_tokens_at_the_decoder_length(tiny_corpus, tiny_processor):
+    """A budget larger than max_target_positions minus the prefix must not make generate() raise."""
+    from hf_unlearn.eval.asr import transcribe
+    from hf_unlearn.models import build_tiny_whisper
+
+    model = build_tiny_whisper(tiny_processor, max_target_positions=16)
+    hypotheses = transcribe(model, tiny_processor, tiny_corpus["test"].select(range(2)), max_new_tokens=64)
+    assert len(hypotheses) == 2

@@ -1,8 +1,4 @@
-"""Session fixtures for the speech benchmark tests: the tiny corpus is synthesised once per session in a temp cache.
-
-The same fixtures exist in tests/models and tests/eval (conftest fixtures are directory-scoped); they share one
-temp cache directory, so the corpus is synthesised once for the whole session.
-"""
+"""Session fixtures for the speech benchmark tests: the tiny corpus is synthesised once per session in a temp cache."""
 
 import pytest
 
