@@ -34,7 +34,10 @@ def test_recipe_writes_adapter_processor_config_and_metrics(default_run):
     output_dir, result = default_run
     assert (output_dir / "adapter_model.safetensors").is_file()
     assert (output_dir / "adapter_config.json").is_file()
-    assert (output_dir / "preprocessor_config.json").is_file() and (output_dir / "tokenizer.json").is_file()
+    from transformers import WhisperProcessor
+
+    processor = WhisperProcessor.from_pretrained(output_dir)
+    assert processor.tokenizer.prefix_tokens[1] == processor.tokenizer.convert_tokens_to_ids("<|en|>")
     resolved = json.loads((output_dir / "unlearn_config.json").read_text())
     assert resolved["script"]["method"] == "graddiff" and resolved["config"]["max_steps"] == 2
     metrics = json.loads((output_dir / "metrics.json").read_text())
