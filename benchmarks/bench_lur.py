@@ -35,7 +35,9 @@ MMAP_THRESHOLD = "131072"
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: bf16 base, fp32 LoRA, autocast")
+    parser.add_argument(
+        "--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: bf16 base, fp32 LoRA, autocast"
+    )
     parser.add_argument("--configs", nargs="+", default=["tiny", "base"], choices=["tiny", "base"])
     parser.add_argument("--frames", type=int, default=None, help="input frames (default: 400 on CPU, 3000 on CUDA)")
     parser.add_argument("--batch", type=int, default=None, help="forget = retain batch size (default: 4 CPU, 8 CUDA)")
@@ -45,7 +47,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--inner-lr", type=float, default=1e-2)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 on a shared CPU)")
-    parser.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/bench_lur_<device>.json)")
+    parser.add_argument(
+        "--output", default=None, help="JSON path (default: benchmarks/results/bench_lur_<device>.json)"
+    )
     return parser
 
 
@@ -181,9 +185,7 @@ class PeakMemory:
 def bench_config(name: str, args) -> dict:
     model, forget, retain, sizes = build(name, args, args.device)
     functions, torch = step_functions(model, forget, retain, args.inner_lr)
-    autocast = (
-        (lambda: torch.autocast(args.device, dtype=torch.bfloat16)) if args.dtype == "bf16" else nullcontext
-    )
+    autocast = (lambda: torch.autocast(args.device, dtype=torch.bfloat16)) if args.dtype == "bf16" else nullcontext
     params = [p for p in model.parameters() if p.requires_grad]
 
     def timed(fn) -> float:
@@ -267,7 +269,9 @@ def main(args) -> None:
 
     print(f"\n{device_name} ({args.device}, {torch.get_num_threads()} threads), {args.dtype}, {args.frames} frames, "
           f"batch {args.batch}+{args.batch}, {args.label_tokens} label tokens, LoRA r={args.lora_r} on q/k/v/out")  # fmt: skip
-    header = f"{'config':<6} {'method':<15} {'median ms':>10} {'× GradDiff':>11} {'target':>7} {'peak MiB':>9} {'× mem':>6}"
+    header = (
+        f"{'config':<6} {'method':<15} {'median ms':>10} {'× GradDiff':>11} {'target':>7} {'peak MiB':>9} {'× mem':>6}"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:

@@ -61,16 +61,42 @@ def whisper_config(name: str, frames: int, vocab: int):
     from transformers import WhisperConfig
 
     sizes = {
-        "tiny": dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                     decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256, vocab_size=1024),
+        "tiny": dict(
+            d_model=64,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=256,
+            decoder_ffn_dim=256,
+            vocab_size=1024,
+        ),
         # openai/whisper-base's shape, random init
-        "base": dict(d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
-                     decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048, vocab_size=vocab),
+        "base": dict(
+            d_model=512,
+            encoder_layers=6,
+            decoder_layers=6,
+            encoder_attention_heads=8,
+            decoder_attention_heads=8,
+            encoder_ffn_dim=2048,
+            decoder_ffn_dim=2048,
+            vocab_size=vocab,
+        ),
     }
     return WhisperConfig(
-        **sizes[name], num_mel_bins=80, max_source_positions=frames // 2, max_target_positions=448, pad_token_id=0,
-        bos_token_id=1, eos_token_id=2, decoder_start_token_id=1, suppress_tokens=[], begin_suppress_tokens=[],
-        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+        **sizes[name],
+        num_mel_bins=80,
+        max_source_positions=frames // 2,
+        max_target_positions=448,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+        suppress_tokens=[],
+        begin_suppress_tokens=[],
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
     )
 
 
@@ -180,22 +206,35 @@ def build(name: str, args, k: int):
         generator = torch.Generator().manual_seed(seed)
         features = torch.randn(n, 80, args.frames, generator=generator)
         labels = torch.randint(3, config.vocab_size, (n, args.label_tokens), generator=generator)
-        return {"input_features": features.to(args.device, torch.bfloat16 if args.dtype == "bf16" else torch.float32),
-                "labels": labels.to(args.device)}
+        return {
+            "input_features": features.to(args.device, torch.bfloat16 if args.dtype == "bf16" else torch.float32),
+            "labels": labels.to(args.device),
+        }
 
     forget, retain = batch(args.forget, 1), batch(k, 2)
     placeholder = Dataset.from_list([{"x": 0}] * max(k, args.forget))
-    common = dict(output_dir="/tmp/bench_orthograd", per_device_train_batch_size=args.forget,
-                  per_device_retain_batch_size=k, use_cpu=args.device == "cpu", report_to="none", learning_rate=1e-5,
-                  max_grad_norm=0.0)
+    common = dict(
+        output_dir="/tmp/bench_orthograd",
+        per_device_train_batch_size=args.forget,
+        per_device_retain_batch_size=k,
+        use_cpu=args.device == "cpu",
+        report_to="none",
+        learning_rate=1e-5,
+        max_grad_norm=0.0,
+    )
     trainers = {}
     for method, (trainer_cls, config_cls, extra) in {
         "graddiff": (GradDiffTrainer, GradDiffConfig, {"retain_weight": 1.0}),
         "fused": (OrthoGradTrainer, OrthoGradConfig, {"per_sample_gradients": "fused", "retain_weight": 0.0}),
         "vmap": (OrthoGradTrainer, OrthoGradConfig, {"per_sample_gradients": "vmap", "retain_weight": 0.0}),
     }.items():
-        trainer = trainer_cls(model=model, args=config_cls(**common, **extra), forget_dataset=placeholder,
-                              retain_dataset=placeholder, data_collator=lambda rows: rows)
+        trainer = trainer_cls(
+            model=model,
+            args=config_cls(**common, **extra),
+            forget_dataset=placeholder,
+            retain_dataset=placeholder,
+            data_collator=lambda rows: rows,
+        )
         trainer.next_retain_batch = lambda: retain  # the same fixed retain batch for every method and step
         trainer.current_gradient_accumulation_steps = 1  # set by train(), which the benchmark does not call
         trainers[method] = trainer
@@ -210,8 +249,9 @@ def loop_step(model, forget, retain, config):
     from hf_unlearn.losses import model_per_example_loss
 
     params = [p for p in model.parameters() if p.requires_grad]
-    g_f = torch.cat([g.flatten() for g in torch.autograd.grad(model_per_example_loss(model, forget, config).mean(),
-                                                              params)]).float()
+    g_f = torch.cat(
+        [g.flatten() for g in torch.autograd.grad(model_per_example_loss(model, forget, config).mean(), params)]
+    ).float()
     rows = []
     for i in range(retain["labels"].shape[0]):
         single = {key: value[i : i + 1] for key, value in retain.items()}
@@ -260,9 +300,19 @@ def bench_cell(name: str, args, k: int) -> list[dict]:
     rows = []
     for method in steps:
         peak, forwards, backwards = stats[method]
-        rows.append({"config": name, "k": k, "m": args.forget, "method": method,
-                     "time_ms": 1000 * statistics.median(times[method]), "times_ms": [1000 * t for t in times[method]],
-                     "peak_mib": peak, "forwards": forwards, "backwards": backwards})
+        rows.append(
+            {
+                "config": name,
+                "k": k,
+                "m": args.forget,
+                "method": method,
+                "time_ms": 1000 * statistics.median(times[method]),
+                "times_ms": [1000 * t for t in times[method]],
+                "peak_mib": peak,
+                "forwards": forwards,
+                "backwards": backwards,
+            }
+        )
     floor = next((r for r in rows if r["method"] == "graddiff"), None)
     for row in rows:
         row["time_vs_graddiff"] = row["time_ms"] / floor["time_ms"] if floor else None
@@ -280,21 +330,34 @@ def main(args) -> None:
     args.label_tokens = args.label_tokens or (16 if cpu else 64)
     args.vocab = args.vocab or (8192 if cpu else 51865)
     memory_kind = "CUDA max_memory_allocated" if not cpu else "peak RSS delta (VmHWM, clear_refs)"
-    print(f"OrthoGrad step cost — device={args.device} dtype={args.dtype} frames={args.frames} "
-          f"label_tokens={args.label_tokens} base_vocab={args.vocab} m={args.forget} LoRA r=8 on q/k/v/out_proj; "
-          f"median of {args.repeats} after {args.warmup} warm-up; memory = {memory_kind}", flush=True)
+    print(
+        f"OrthoGrad step cost — device={args.device} dtype={args.dtype} frames={args.frames} "
+        f"label_tokens={args.label_tokens} base_vocab={args.vocab} m={args.forget} LoRA r=8 on q/k/v/out_proj; "
+        f"median of {args.repeats} after {args.warmup} warm-up; memory = {memory_kind}",
+        flush=True,
+    )
     if cpu and args.frames < 3000:
-        print(f"NOTE: CPU run uses {args.frames} encoder frames (not 3000 = 30 s) and a {args.vocab}-token base "
-              "vocabulary to stay within minutes; the GPU setting uses the full sizes.", flush=True)
-    header = (f"{'config':6} {'k':>3} {'method':9} {'ms/step':>9} {'x GD':>6} {'peak MiB':>9} {'x GD':>6} {'fwd':>4} "
-              f"{'bwd':>4}")
+        print(
+            f"NOTE: CPU run uses {args.frames} encoder frames (not 3000 = 30 s) and a {args.vocab}-token base "
+            "vocabulary to stay within minutes; the GPU setting uses the full sizes.",
+            flush=True,
+        )
+    header = (
+        f"{'config':6} {'k':>3} {'method':9} {'ms/step':>9} {'x GD':>6} {'peak MiB':>9} {'x GD':>6} {'fwd':>4} "
+        f"{'bwd':>4}"
+    )
     print(header)
     print("-" * len(header), flush=True)
 
     output = Path(args.output or Path(__file__).parent / "results" / f"bench_orthograd_{args.device}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    machine = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
     if not cpu:
         machine["gpu"] = torch.cuda.get_device_name()
     settings = {k: v for k, v in vars(args).items() if k != "output"}
@@ -306,12 +369,17 @@ def main(args) -> None:
             for r in cell:
                 ratio = f"{r['time_vs_graddiff']:.2f}" if r["time_vs_graddiff"] else "-"
                 mem_ratio = f"{r['mem_vs_graddiff']:.2f}" if r["mem_vs_graddiff"] else "-"
-                print(f"{r['config']:6} {r['k']:>3} {r['method']:9} {r['time_ms']:>9.1f} {ratio:>6} "
-                      f"{r['peak_mib']:>9.1f} {mem_ratio:>6} {r['forwards']:>4} {r['backwards']:>4}", flush=True)
+                print(
+                    f"{r['config']:6} {r['k']:>3} {r['method']:9} {r['time_ms']:>9.1f} {ratio:>6} "
+                    f"{r['peak_mib']:>9.1f} {mem_ratio:>6} {r['forwards']:>4} {r['backwards']:>4}",
+                    flush=True,
+                )
             # Written after every cell, so an interrupted run keeps what it measured.
-            output.write_text(json.dumps({"machine": machine, "settings": settings, "memory": memory_kind,
-                                          "rows": rows}, indent=2))
+            output.write_text(
+                json.dumps({"machine": machine, "settings": settings, "memory": memory_kind, "rows": rows}, indent=2)
+            )
     print(f"\nwrote {output}")
+
 
 if __name__ == "__main__":
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") != MMAP_THRESHOLD:

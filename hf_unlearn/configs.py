@@ -55,9 +55,7 @@ class UnlearnConfig(TrainingArguments):
     eval_generate: bool = field(
         default=True, metadata={"help": "Transcribe eval splits with generate() to report WER/CER (speech models)."}
     )
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Allow training into a non-empty output_dir."}
-    )
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow training into a non-empty output_dir."})
 
     # TrainingArguments defaults that do not suit unlearning runs.
     remove_unused_columns: bool = field(

@@ -91,9 +91,7 @@ def model_sequence_log_prob(
     return sequence_log_prob(logits, labels)
 
 
-def model_per_example_loss(
-    model: torch.nn.Module, inputs: dict[str, Tensor], config: object | None = None
-) -> Tensor:
+def model_per_example_loss(model: torch.nn.Module, inputs: dict[str, Tensor], config: object | None = None) -> Tensor:
     """ℓ [B]: ``model_sequence_log_prob`` turned into the per-example mean token cross-entropy."""
     seq_log_prob, lengths = model_sequence_log_prob(model, inputs, config)
     return per_example_loss_from_log_prob(seq_log_prob, lengths)

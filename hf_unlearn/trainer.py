@@ -297,4 +297,3 @@ def check_output_dir(args: UnlearnConfig, resume_from_checkpoint: str | bool | N
             f"output_dir {output_dir!r} is not empty: pass overwrite_output_dir=True (--overwrite_output_dir), "
             "choose another output_dir, or resume with resume_from_checkpoint."
         )
-

@@ -30,14 +30,20 @@ SPLITS = ("forget", "forget_test", "retain", "test")
 class ScriptArguments:
     """What to unlearn from which model; everything else is the method's config."""
 
-    method: str = field(default="graddiff", metadata={"help": "Unlearning method: ga, graddiff, npo, simnpo."})
+    method: str = field(
+        default="graddiff", metadata={"help": "Unlearning method: ga, graddiff, npo, simnpo, orthograd, gru, lur."}
+    )
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Whisper checkpoint (Hub id or local dir). Default: the embedded tiny Whisper, trained here."},
+        metadata={
+            "help": "Whisper checkpoint (Hub id or local dir). Default: the embedded tiny Whisper, trained here."
+        },
     )
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "Speech dataset (Hub name or local dir) with audio/text/speaker columns. Default: embedded."},
+        metadata={
+            "help": "Speech dataset (Hub name or local dir) with audio/text/speaker columns. Default: embedded."
+        },
     )
     forget_speaker: str = field(default="speaker_0", metadata={"help": "Speaker whose utterances are forgotten."})
     audio_column: str = field(default="audio", metadata={"help": "Audio column of a user dataset."})
@@ -170,9 +176,7 @@ def main(script_args: ScriptArguments, config) -> dict:
     )
 
     def asr_metrics(prefix_metrics: dict) -> dict:
-        return {
-            split: {m: prefix_metrics[f"eval_{split}_{m}"] for m in ("wer", "cer", "loss")} for split in prepared
-        }
+        return {split: {m: prefix_metrics[f"eval_{split}_{m}"] for m in ("wer", "cer", "loss")} for split in prepared}
 
     # The fresh adapter is a no-op (peft initialises lora_B to zero), so this scores the base model.
     results = {"base": asr_metrics(trainer.evaluate())}
@@ -181,8 +185,9 @@ def main(script_args: ScriptArguments, config) -> dict:
         results["retrain"] = {
             split: wer_cer(
                 list(data["text"]),
-                transcribe(retrain_model, processor, data, config.per_device_eval_batch_size,
-                           config.generation_max_new_tokens),
+                transcribe(
+                    retrain_model, processor, data, config.per_device_eval_batch_size, config.generation_max_new_tokens
+                ),
             )
             for split, data in prepared.items()
         }

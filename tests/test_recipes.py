@@ -18,7 +18,11 @@ def run_recipe(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.run(
         [sys.executable, str(RECIPE), "--corpus_preset", "tiny", "--max_steps", "2", "--logging_steps", "1", *args],
-        capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=REPO,
     )
 
 

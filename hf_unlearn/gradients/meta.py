@@ -210,7 +210,7 @@ def virtual_step(
 
 def _step(params: Mapping[str, Tensor], grads: tuple[Tensor | None, ...], inner_lr: float) -> dict[str, Tensor]:
     # θ' = θ − β·∇L_inner(θ)
-    return {name: p if g is None else p - inner_lr * g for (name, p), g in zip(params.items(), grads)}
+    return {name: p if g is None else p - inner_lr * g for (name, p), g in zip(params.items(), grads, strict=True)}
 
 
 def _check_inner_lr(inner_lr: float) -> None:
@@ -240,7 +240,7 @@ def _check_double_backward(inner_grads: tuple[Tensor | None, ...]) -> None:
 
 def _dot(xs: list[Tensor | None], ys: list[Tensor | None], like: Tensor) -> Tensor:
     # ⟨x, y⟩ over the concatenation of all trainable parameters (a global, not per-layer, inner product).
-    terms = [(x.detach() * y.detach()).sum() for x, y in zip(xs, ys) if x is not None and y is not None]
+    terms = [(x.detach() * y.detach()).sum() for x, y in zip(xs, ys, strict=True) if x is not None and y is not None]
     return torch.stack(terms).sum() if terms else like.new_zeros(())
 
 
@@ -425,7 +425,9 @@ class LURObjective:
             values.update(self._diagnostics(tensors, inner_grads, virtual, outer_fn, outer_loss, second_order))
 
         # One host sync per step for all logged values; it also serves the finiteness check.
-        metrics = dict(zip(values, torch.stack([v.to(inner_loss.dtype) for v in values.values()]).tolist()))
+        metrics = dict(
+            zip(values, torch.stack([v.to(inner_loss.dtype) for v in values.values()]).tolist(), strict=True)
+        )
         if not math.isfinite(metrics["lur/inner_loss"]):
             raise FloatingPointError(
                 f"The LUR inner loss L_{self._inner_name}(θ) is {metrics['lur/inner_loss']}. Check the batch for "
@@ -454,7 +456,11 @@ class LURObjective:
     ) -> list[Tensor | None]:
         # ∇²L·v = ∇_θ⟨∇L(θ), v⟩ with v held constant: a vector-Jacobian product through the inner gradient's graph,
         # kept (retain_graph) for the surrogate's own backward.
-        pairs = [(g, v) for g, v in zip(inner_grads, vectors) if g is not None and v is not None and g.requires_grad]
+        pairs = [
+            (g, v)
+            for g, v in zip(inner_grads, vectors, strict=True)
+            if g is not None and v is not None and g.requires_grad
+        ]
         if not pairs:
             return [None] * len(params)
         try:

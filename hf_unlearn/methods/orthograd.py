@@ -86,8 +86,10 @@ class OrthoGradConfig(UnlearnConfig):
     )
     projection: str = field(
         default="full",
-        metadata={"help": "'full' (every per-sample retain gradient) or 'rank1' (mean retain gradient, GRU-style).",
-                  "choices": list(PROJECTIONS)},
+        metadata={
+            "help": "'full' (every per-sample retain gradient) or 'rank1' (mean retain gradient, GRU-style).",
+            "choices": list(PROJECTIONS),
+        },
     )
     forget_loss: str = field(
         default="ga",
@@ -98,8 +100,10 @@ class OrthoGradConfig(UnlearnConfig):
     )
     per_sample_gradients: str = field(
         default="auto",
-        metadata={"help": "How per-sample gradients are computed: fused LoRA capture, torch.func vmap, or auto.",
-                  "choices": list(PER_SAMPLE_BACKENDS)},
+        metadata={
+            "help": "How per-sample gradients are computed: fused LoRA capture, torch.func vmap, or auto.",
+            "choices": list(PER_SAMPLE_BACKENDS),
+        },
     )
     vmap_chunk_size: int | None = field(
         default=None, metadata={"help": "Samples per torch.func.vmap chunk on the vmap path (default: whole batch)."}
@@ -140,8 +144,10 @@ class GRUConfig(OrthoGradConfig):
 
     projection: str = field(
         default="rank1",
-        metadata={"help": "'rank1' (mean retain gradient, GRU-style) or 'full' (every per-sample retain gradient).",
-                  "choices": list(PROJECTIONS)},
+        metadata={
+            "help": "'rank1' (mean retain gradient, GRU-style) or 'full' (every per-sample retain gradient).",
+            "choices": list(PROJECTIONS),
+        },
     )
 
 
@@ -377,8 +383,10 @@ class OrthoGradTrainer(UnlearnTrainer):
             )
             # d = Σ_i a_i ∇ℓ(r_i) + s·g_f with g_f = (1/m) Σ_j ∇φ(f_j): per-forget-sample coefficient s/m.
             coefficients = torch.cat(
-                [retain_gram.new_full((num_forget,), direction.forget_coefficient / num_forget),
-                 direction.retain_coefficients.to(retain_gram)]
+                [
+                    retain_gram.new_full((num_forget,), direction.forget_coefficient / num_forget),
+                    direction.retain_coefficients.to(retain_gram),
+                ]
             )
             update = per_sample.combine(coefficients)  # name → d_p
             diagnostics = projection_diagnostics(retain_gram, cross, forget_sq_norm, direction)
@@ -455,8 +463,9 @@ class OrthoGradTrainer(UnlearnTrainer):
             return phi
         # φ(f_j) is −npo_j, not ℓ(f_j): the forget task loss for logging needs one more (gradient-free) forward.
         with torch.no_grad():
-            forget = {k: v[:num_forget] if isinstance(v, Tensor) else v for k, v in joint.items()
-                      if not k.startswith("_")}
+            forget = {
+                k: v[:num_forget] if isinstance(v, Tensor) else v for k, v in joint.items() if not k.startswith("_")
+            }
             forget_losses = per_example_loss_from_log_prob(*model_sequence_log_prob(unwrapped, forget, config))
         return torch.cat([forget_losses, phi[num_forget:]])
 

@@ -44,8 +44,10 @@ class SimNPOTrainer(UnlearnTrainer):
 
     _name = "SimNPO"
     _tag_names = UnlearnTrainer._tag_names + ["simnpo"]
-    _paper = {"title": "Simplicity Prevails: Rethinking Negative Preference Optimization for LLM Unlearning",
-              "id": "2410.07163"}
+    _paper = {
+        "title": "Simplicity Prevails: Rethinking Negative Preference Optimization for LLM Unlearning",
+        "id": "2410.07163",
+    }
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         log_prob, lengths = model_sequence_log_prob(model, inputs, self.model_config)

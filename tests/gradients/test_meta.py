@@ -35,12 +35,19 @@ def _one_thread():
 def _gpt2_case(seed: int = 0):
     torch.manual_seed(seed)
     config = GPT2Config(
-        vocab_size=29, n_positions=16, n_embd=16, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0,
+        vocab_size=29,
+        n_positions=16,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=0,
+        eos_token_id=0,
         attn_implementation="eager",
     )
     model = GPT2LMHeadModel(config)
-    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True,
-                      init_lora_weights=False)
+    lora = LoraConfig(
+        r=2, lora_alpha=4, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True, init_lora_weights=False
+    )
     model = get_peft_model(model, lora).double().eval()
 
     def batch(b, t):
@@ -64,9 +71,21 @@ def _gpt2_reference_loss(model, params, batch):
 def _whisper_case(seed: int = 0):
     torch.manual_seed(seed)
     config = WhisperConfig(
-        vocab_size=31, num_mel_bins=4, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=24, decoder_ffn_dim=24, max_source_positions=6,
-        max_target_positions=12, pad_token_id=1, bos_token_id=2, eos_token_id=3, decoder_start_token_id=2,
+        vocab_size=31,
+        num_mel_bins=4,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=24,
+        decoder_ffn_dim=24,
+        max_source_positions=6,
+        max_target_positions=12,
+        pad_token_id=1,
+        bos_token_id=2,
+        eos_token_id=3,
+        decoder_start_token_id=2,
         attn_implementation="eager",
     )
     model = WhisperForConditionalGeneration(config)
@@ -140,7 +159,7 @@ def _inline_meta_grad(params, inner_fn, outer_fn, inner_weight, outer_weight, be
     """∇_θ [w_in·L_in(θ) + w_out·L_out(θ − β∇L_in(θ))] by autograd through the inner step."""
     inner = inner_fn(params)
     inner_grads = torch.autograd.grad(inner, list(params.values()), create_graph=True)
-    virtual = {name: p - beta * g for (name, p), g in zip(params.items(), inner_grads)}
+    virtual = {name: p - beta * g for (name, p), g in zip(params.items(), inner_grads, strict=True)}
     meta = inner_weight * inner + outer_weight * outer_fn(virtual)
     return list(torch.autograd.grad(meta, list(params.values())))
 
@@ -186,7 +205,7 @@ def test_second_order_matches_inline_autograd_and_torch_func(name):
     _assert_rel(grads, inline, 1e-8, "library vs inline autograd")
     _assert_rel(grads, func, 1e-8, "library vs torch.func")
     # the surrogate's value is the meta objective itself
-    virtual = {n: p - BETA * g for (n, p), g in zip(params.items(), _grad(ref_u, params))}
+    virtual = {n: p - BETA * g for (n, p), g in zip(params.items(), _grad(ref_u, params), strict=True)}
     expected_j = ref_u(params) + GAMMA * ref_r(virtual)
     assert step.loss.item() == pytest.approx(expected_j.item(), rel=1e-12)
     assert step.metrics["lur/meta_loss"] == pytest.approx(expected_j.item(), rel=1e-12)
@@ -208,18 +227,28 @@ def test_hessian_term_matches_finite_differences():
     first, _ = _library_grad(params, LURObjective(BETA, GAMMA, meta_order="first"), lib_u, lib_r)
 
     # v = ∇L_r(θ'), then ∇²L_u(θ)·v ≈ [∇L_u(θ + εu) − ∇L_u(θ − εu)]·‖v‖/(2ε), u = v/‖v‖
-    virtual = {n: (p - BETA * g).detach().requires_grad_() for (n, p), g in zip(params.items(), _grad(ref_u, params))}
+    virtual = {
+        n: (p - BETA * g).detach().requires_grad_()
+        for (n, p), g in zip(params.items(), _grad(ref_u, params), strict=True)
+    }
     v = _grad(ref_r, virtual)
     v_norm = _flat(v).norm()
     eps = 1e-5
 
     def shifted(sign):
-        return {n: (p + sign * eps * vi / v_norm).detach().requires_grad_() for (n, p), vi in zip(params.items(), v)}
+        return {
+            n: (p + sign * eps * vi / v_norm).detach().requires_grad_()
+            for (n, p), vi in zip(params.items(), v, strict=True)
+        }
 
-    hvp_fd = [(a - b) * v_norm / (2 * eps) for a, b in zip(_grad(ref_u, shifted(1)), _grad(ref_u, shifted(-1)))]
+    hvp_fd = [
+        (a - b) * v_norm / (2 * eps) for a, b in zip(_grad(ref_u, shifted(1)), _grad(ref_u, shifted(-1)), strict=True)
+    ]
 
     # exact − first-order = −γβ·∇²L_u·∇L_r(θ')
-    _assert_rel([(e - f) / (-GAMMA * BETA) for e, f in zip(exact, first)], hvp_fd, 1e-6, "Hessian term vs FD")
+    _assert_rel(
+        [(e - f) / (-GAMMA * BETA) for e, f in zip(exact, first, strict=True)], hvp_fd, 1e-6, "Hessian term vs FD"
+    )
     assert step.metrics["lur/hvp_norm"] == pytest.approx(BETA * _flat(hvp_fd).norm().item(), rel=1e-6)
 
 
@@ -231,8 +260,8 @@ def test_first_order_matches_formula():
     _, params, (ref_u, ref_r), (lib_u, lib_r) = _setup("gpt2")
     grads, _ = _library_grad(params, LURObjective(BETA, GAMMA, meta_order="first"), lib_u, lib_r)
     grad_u = _grad(ref_u, params)
-    virtual = {n: (p - BETA * g).detach().requires_grad_() for (n, p), g in zip(params.items(), grad_u)}
-    expected = [gu + GAMMA * gr for gu, gr in zip(grad_u, _grad(ref_r, virtual))]  # ∇L_u(θ) + γ∇L_r(θ')
+    virtual = {n: (p - BETA * g).detach().requires_grad_() for (n, p), g in zip(params.items(), grad_u, strict=True)}
+    expected = [gu + GAMMA * gr for gu, gr in zip(grad_u, _grad(ref_r, virtual), strict=True)]  # ∇L_u(θ) + γ∇L_r(θ')
     _assert_rel(grads, expected, 1e-10, "first-order LUR vs ∇L_u(θ) + γ∇L_r(θ')")
 
 
@@ -259,8 +288,8 @@ def test_mirrored_order_matches_its_formula():
     lur = LURObjective(BETA, GAMMA, meta_order="first", objective_order="retain_then_unlearn")
     grads, _ = _library_grad(params, lur, lib_u, lib_r)
     grad_r = _grad(ref_r, params)
-    virtual = {n: (p - BETA * g).detach().requires_grad_() for (n, p), g in zip(params.items(), grad_r)}
-    expected = [GAMMA * gr + gu for gr, gu in zip(grad_r, _grad(ref_u, virtual))]
+    virtual = {n: (p - BETA * g).detach().requires_grad_() for (n, p), g in zip(params.items(), grad_r, strict=True)}
+    expected = [GAMMA * gr + gu for gr, gu in zip(grad_r, _grad(ref_u, virtual), strict=True)]
     _assert_rel(grads, expected, 1e-10, "mirrored first order vs γ∇L_r(θ) + ∇L_u(θ')")
 
 
@@ -277,7 +306,7 @@ def test_diagnostics_match_references_and_leave_the_gradient_alone(meta_order):
     _assert_rel(grads, plain, 1e-12, "gradient with diagnostics vs without")
 
     grad_u, grad_r = _flat(_grad(ref_u, params)), _flat(_grad(ref_r, params))
-    virtual = {n: p - BETA * g for (n, p), g in zip(params.items(), _grad(ref_u, params))}
+    virtual = {n: p - BETA * g for (n, p), g in zip(params.items(), _grad(ref_u, params), strict=True)}
     m = step.metrics
     assert m["lur/grad_dot"] == pytest.approx(torch.dot(grad_u, grad_r).item(), rel=1e-10)
     assert m["lur/grad_cosine"] == pytest.approx(torch.cosine_similarity(grad_u, grad_r, 0).item(), rel=1e-10)
@@ -297,12 +326,12 @@ def test_gradient_accumulation_sums_micro_batch_meta_gradients():
 
     def micro_step(forget, retain):
         lib_forget = batch_loss_fn(model, forget)
-        lur(params, lambda p: -lib_forget(p), batch_loss_fn(model, retain)).loss.div(2).backward()
+        lur(params, lambda p, f=lib_forget: -f(p), batch_loss_fn(model, retain)).loss.div(2).backward()
         ref_unlearn = lambda p: -_gpt2_reference_loss(model, p, forget)  # noqa: E731
         ref_retain = lambda p: _gpt2_reference_loss(model, p, retain)  # noqa: E731
         return _inline_meta_grad(params, ref_unlearn, ref_retain, 1.0, GAMMA, BETA)
 
-    expected = [(a + b) / 2 for a, b in zip(micro_step(forget, retain), micro_step(forget2, retain2))]
+    expected = [(a + b) / 2 for a, b in zip(micro_step(forget, retain), micro_step(forget2, retain2), strict=True)]
     _assert_rel([p.grad for p in params.values()], expected, 1e-8, "accumulated .grad")
 
 
@@ -324,8 +353,17 @@ def test_autocast_bf16_stays_close_to_float32():
 def _checkpointed_gpt2(use_reentrant):
     torch.manual_seed(0)
     config = GPT2Config(
-        vocab_size=29, n_positions=16, n_embd=16, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0,
-        attn_implementation="eager", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        vocab_size=29,
+        n_positions=16,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=0,
+        eos_token_id=0,
+        attn_implementation="eager",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
     model = GPT2LMHeadModel(config)
     if use_reentrant is not None:
@@ -346,7 +384,7 @@ def test_activation_checkpointing_is_bypassed_at_the_virtual_point():
         params = trainable_parameters(model)
         lib_forget = batch_loss_fn(model, forget)
         grads[use_reentrant], _ = _library_grad(
-            params, LURObjective(BETA, GAMMA), lambda p: -lib_forget(p), batch_loss_fn(model, retain)
+            params, LURObjective(BETA, GAMMA), lambda p, f=lib_forget: -f(p), batch_loss_fn(model, retain)
         )
     _assert_rel(grads[False], grads[None], 1e-12, "checkpointed vs plain")
     assert model.is_activation_checkpointing  # the flags are restored
@@ -365,7 +403,9 @@ def test_batch_loss_fn_and_virtual_step():
     for second_order in (True, False):
         virtual = virtual_step(params, lib_u(None), BETA, second_order=second_order)
         assert list(virtual) == list(params)
-        _assert_rel(list(virtual.values()), [p - BETA * g for p, g in zip(params.values(), grads)], 1e-12, "θ'")
+        _assert_rel(
+            list(virtual.values()), [p - BETA * g for p, g in zip(params.values(), grads, strict=True)], 1e-12, "θ'"
+        )
         assert all(v.requires_grad for v in virtual.values())
         assert all(v.grad_fn is not None for v in virtual.values())
     assert lib_u(virtual).item() == pytest.approx(ref_u(virtual).item(), rel=1e-12)

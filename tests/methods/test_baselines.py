@@ -26,9 +26,19 @@ LORA = dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"], lora_dropout
 
 def make_trainer(trainer_cls, config_cls, tmp_path, peft=True, **overrides):
     args = dict(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=3, learning_rate=1e-2,
-        optim="sgd", lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0, use_cpu=True,
-        logging_steps=1, report_to="none", seed=0, disable_tqdm=True,
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=3,
+        learning_rate=1e-2,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        weight_decay=0.0,
+        use_cpu=True,
+        logging_steps=1,
+        report_to="none",
+        seed=0,
+        disable_tqdm=True,
     )
     args.update(overrides)
     return trainer_cls(
@@ -110,8 +120,11 @@ def test_npo_and_simnpo_losses_match_hand_computation(tmp_path):
     logits = torch.tensor([[[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]], [[0.0, 1.0, 0.0], [9.0, 9.0, 9.0]]])
     ref_logits = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]], [[1.0, 1.0, -1.0], [0.0, 0.0, 0.0]]])
     labels = torch.tensor([[0, 1], [2, -100]])
-    inputs = {"input_ids": torch.zeros(2, 2, dtype=torch.long), "decoder_input_ids": labels.clamp(min=0),
-              "labels": labels}
+    inputs = {
+        "input_ids": torch.zeros(2, 2, dtype=torch.long),
+        "decoder_input_ids": labels.clamp(min=0),
+        "labels": labels,
+    }
 
     def log_softmax(row, k):
         return row[k] - math.log(sum(math.exp(v) for v in row))
@@ -121,19 +134,28 @@ def test_npo_and_simnpo_losses_match_hand_computation(tmp_path):
 
     policy, reference, lengths = seq_log_prob(logits.tolist()), seq_log_prob(ref_logits.tolist()), [2, 1]
     beta = 0.7
-    npo_expected = (2 / beta) * sum(math.log(1 + math.exp(beta * (p - r))) for p, r in zip(policy, reference)) / 2
+    npo_expected = (
+        (2 / beta) * sum(math.log(1 + math.exp(beta * (p - r))) for p, r in zip(policy, reference, strict=True)) / 2
+    )
     delta = 0.3
-    simnpo_expected = -(2 / beta) * sum(
-        math.log(1 / (1 + math.exp((beta / n) * p + delta))) for p, n in zip(policy, lengths)
-    ) / 2
+    simnpo_expected = (
+        -(2 / beta)
+        * sum(math.log(1 / (1 + math.exp((beta / n) * p + delta))) for p, n in zip(policy, lengths, strict=True))
+        / 2
+    )
 
     common = dict(output_dir=str(tmp_path / "o"), retain_weight=0.0, use_cpu=True, report_to="none")
     dataset = token_dataset(2, seed=0)
-    npo = NPOTrainer(model=FixedLogits(logits), args=NPOConfig(beta=beta, **common), forget_dataset=dataset,
-                     data_collator=collate)
+    npo = NPOTrainer(
+        model=FixedLogits(logits), args=NPOConfig(beta=beta, **common), forget_dataset=dataset, data_collator=collate
+    )
     npo.reference._frozen_copy.logits.data.copy_(ref_logits)
-    simnpo = SimNPOTrainer(model=FixedLogits(logits), args=SimNPOConfig(beta=beta, delta=delta, **common),
-                           forget_dataset=dataset, data_collator=collate)
+    simnpo = SimNPOTrainer(
+        model=FixedLogits(logits),
+        args=SimNPOConfig(beta=beta, delta=delta, **common),
+        forget_dataset=dataset,
+        data_collator=collate,
+    )
     assert npo.compute_loss(npo.model, inputs).item() == pytest.approx(npo_expected, rel=1e-6)
     assert simnpo.compute_loss(simnpo.model, inputs).item() == pytest.approx(simnpo_expected, rel=1e-6)
 

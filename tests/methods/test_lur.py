@@ -40,11 +40,27 @@ def _one_thread():
 def gpt2_lora(attn: str = "eager", seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     config = GPT2Config(
-        vocab_size=VOCAB, n_positions=16, n_embd=16, n_layer=2, n_head=2, bos_token_id=1, eos_token_id=2,
-        pad_token_id=PAD, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation=attn,
+        vocab_size=VOCAB,
+        n_positions=16,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=PAD,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        attn_implementation=attn,
     )
-    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True,
-                      lora_dropout=0.0, init_lora_weights=False)
+    lora = LoraConfig(
+        r=2,
+        lora_alpha=4,
+        target_modules=["c_attn", "c_proj"],
+        fan_in_fan_out=True,
+        lora_dropout=0.0,
+        init_lora_weights=False,
+    )
     return get_peft_model(GPT2LMHeadModel(config), lora).double()
 
 
@@ -73,10 +89,12 @@ def speech_dataset(n: int, seed: int) -> Dataset:
     rows = []
     for _ in range(n):
         length = int(torch.randint(1, 6, (1,), generator=generator))
-        rows.append({
-            "input_features": torch.randn(8, 12, generator=generator, dtype=torch.float64).tolist(),
-            "labels": torch.randint(3, VOCAB, (length,), generator=generator).tolist(),
-        })
+        rows.append(
+            {
+                "input_features": torch.randn(8, 12, generator=generator, dtype=torch.float64).tolist(),
+                "labels": torch.randint(3, VOCAB, (length,), generator=generator).tolist(),
+            }
+        )
     return Dataset.from_list(rows)
 
 
@@ -132,16 +150,28 @@ def train_one_step(
     model, tmp_path, forget, retain, collator, trainer_cls=LURTrainer, config_cls=LURConfig, **overrides
 ):
     args = dict(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=len(forget),
-        per_device_retain_batch_size=len(retain), max_steps=1, learning_rate=LR, optim="sgd",
-        lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0, use_cpu=True, logging_steps=1,
-        report_to="none", seed=0, disable_tqdm=True, retain_weight=GAMMA,
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=len(forget),
+        per_device_retain_batch_size=len(retain),
+        max_steps=1,
+        learning_rate=LR,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        weight_decay=0.0,
+        use_cpu=True,
+        logging_steps=1,
+        report_to="none",
+        seed=0,
+        disable_tqdm=True,
+        retain_weight=GAMMA,
     )
     if config_cls is LURConfig:
         args["inner_lr"] = BETA
     args.update(overrides)
-    trainer = trainer_cls(model=model, args=config_cls(**args), forget_dataset=forget, retain_dataset=retain,
-                          data_collator=collator)
+    trainer = trainer_cls(
+        model=model, args=config_cls(**args), forget_dataset=forget, retain_dataset=retain, data_collator=collator
+    )
     used = {"forget": [], "retain": [], "fresh_forget": []}
 
     def spy(method, key):
@@ -234,8 +264,14 @@ def test_zero_inner_lr_is_grad_diff(tmp_path):
 def test_gradient_accumulation_averages_micro_batch_meta_gradients(tmp_path):
     model = gpt2_lora()
     _, delta, theta, used = train_one_step(
-        model, tmp_path, token_dataset(4, 1), token_dataset(6, 2), collate_tokens, per_device_train_batch_size=2,
-        per_device_retain_batch_size=3, gradient_accumulation_steps=2,
+        model,
+        tmp_path,
+        token_dataset(4, 1),
+        token_dataset(6, 2),
+        collate_tokens,
+        per_device_train_batch_size=2,
+        per_device_retain_batch_size=3,
+        gradient_accumulation_steps=2,
     )
     assert len(used["forget"]) == 2 and len(used["retain"]) == 2
     micro = [
@@ -250,7 +286,11 @@ def test_gradient_accumulation_averages_micro_batch_meta_gradients(tmp_path):
 def test_mirrored_order_matches_its_formula(tmp_path):
     model = gpt2_lora()
     _, delta, theta, used = train_one_step(
-        model, tmp_path, token_dataset(3, 1), token_dataset(4, 2), collate_tokens,
+        model,
+        tmp_path,
+        token_dataset(3, 1),
+        token_dataset(4, 2),
+        collate_tokens,
         objective_order="retain_then_unlearn",
     )
     unlearn, retain = ga_and_retain(model, used["forget"][0], used["retain"][0])
@@ -276,7 +316,12 @@ def test_npo_forget_loss(tmp_path):
 def test_fresh_inner_batch_scores_a_new_retain_draw_at_the_virtual_point(tmp_path):
     model = gpt2_lora()
     trainer, delta, theta, used = train_one_step(
-        model, tmp_path, token_dataset(3, 1), token_dataset(6, 2), collate_tokens, per_device_retain_batch_size=3,
+        model,
+        tmp_path,
+        token_dataset(3, 1),
+        token_dataset(6, 2),
+        collate_tokens,
+        per_device_retain_batch_size=3,
         inner_batch="fresh",
     )
     assert len(used["retain"]) == 2, "fresh draws one extra retain batch per micro-step"
@@ -292,8 +337,14 @@ def test_fresh_inner_batch_scores_a_new_retain_draw_at_the_virtual_point(tmp_pat
 def test_fresh_inner_batch_mirrored_scores_a_new_forget_draw(tmp_path):
     model = gpt2_lora()
     _, delta, theta, used = train_one_step(
-        model, tmp_path, token_dataset(6, 1), token_dataset(4, 2), collate_tokens, per_device_train_batch_size=3,
-        inner_batch="fresh", objective_order="retain_then_unlearn",
+        model,
+        tmp_path,
+        token_dataset(6, 1),
+        token_dataset(4, 2),
+        collate_tokens,
+        per_device_train_batch_size=3,
+        inner_batch="fresh",
+        objective_order="retain_then_unlearn",
     )
     assert len(used["retain"]) == 1 and len(used["fresh_forget"]) == 1
     unlearn_fresh, retain = ga_and_retain(model, used["fresh_forget"][0], used["retain"][0])
@@ -308,8 +359,18 @@ def test_fresh_inner_batch_mirrored_scores_a_new_forget_draw(tmp_path):
 def test_diagnostics_are_logged_on_logging_steps_only(tmp_path):
     data = (token_dataset(3, 1), token_dataset(4, 2), collate_tokens)
     trainer, _, _, _ = train_one_step(gpt2_lora(), tmp_path / "a", *data)
-    expected = {"forget/loss", "retain/loss", "lur/inner_loss", "lur/virtual_outer_loss", "lur/meta_loss",
-                "lur/inner_grad_norm", "lur/grad_dot", "lur/grad_cosine", "lur/outer_loss_change", "lur/hvp_norm"}
+    expected = {
+        "forget/loss",
+        "retain/loss",
+        "lur/inner_loss",
+        "lur/virtual_outer_loss",
+        "lur/meta_loss",
+        "lur/inner_grad_norm",
+        "lur/grad_dot",
+        "lur/grad_cosine",
+        "lur/outer_loss_change",
+        "lur/hvp_norm",
+    }
     assert expected <= set(trainer.state.log_history[0])
     assert -1.0 <= trainer.state.log_history[0]["lur/grad_cosine"] <= 1.0
 
@@ -346,8 +407,7 @@ def test_invalid_config_names_the_fix(tmp_path):
 
 def test_non_finite_virtual_loss_names_the_step(tmp_path):
     with pytest.raises(FloatingPointError, match=r"global step 0.*inner_lr"):
-        train_one_step(gpt2_lora(), tmp_path, token_dataset(3, 1), token_dataset(4, 2), collate_tokens,
-                       inner_lr=1e300)
+        train_one_step(gpt2_lora(), tmp_path, token_dataset(3, 1), token_dataset(4, 2), collate_tokens, inner_lr=1e300)
 
 
 class _OnceDifferentiableTanh(torch.autograd.Function):

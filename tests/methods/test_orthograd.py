@@ -34,7 +34,9 @@ DIAGNOSTICS = ("rank", "removed_fraction", "max_retain_cosine", "forget_retain_c
 
 
 def gpt2_lora(seed: int = 0, dtype=torch.float64) -> nn.Module:
-    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "c_proj"], lora_dropout=0.0, init_lora_weights=False)
+    lora = LoraConfig(
+        r=2, lora_alpha=4, target_modules=["c_attn", "c_proj"], lora_dropout=0.0, init_lora_weights=False
+    )
     return get_peft_model(tiny_gpt2(seed), lora).to(dtype)
 
 
@@ -43,10 +45,12 @@ def whisper_dataset(n: int, seed: int) -> Dataset:
     rows = []
     for _ in range(n):
         length = int(torch.randint(1, 7, (1,), generator=generator))
-        rows.append({
-            "input_features": torch.randn(8, 12, generator=generator, dtype=torch.float64).tolist(),
-            "labels": torch.randint(3, 24, (length,), generator=generator).tolist(),
-        })
+        rows.append(
+            {
+                "input_features": torch.randn(8, 12, generator=generator, dtype=torch.float64).tolist(),
+                "labels": torch.randint(3, 24, (length,), generator=generator).tolist(),
+            }
+        )
     return Dataset.from_list(rows)
 
 
@@ -62,22 +66,39 @@ def whisper_collate(examples: list[dict]) -> dict[str, torch.Tensor]:
 KINDS = {
     # model, forget set, retain set, collator
     "gpt2": lambda: (gpt2_lora(), token_dataset(3, seed=1), token_dataset(4, seed=2), collate),
-    "whisper": lambda: (tiny_whisper_lora(2, seed=3), whisper_dataset(3, seed=1), whisper_dataset(4, seed=2),
-                        whisper_collate),
+    "whisper": lambda: (
+        tiny_whisper_lora(2, seed=3),
+        whisper_dataset(3, seed=1),
+        whisper_dataset(4, seed=2),
+        whisper_collate,
+    ),
 }
 
 
-def make_trainer(model, forget, retain, collator, tmp_path, trainer_cls=OrthoGradTrainer, config_cls=OrthoGradConfig,
-                 **overrides):
+def make_trainer(
+    model, forget, retain, collator, tmp_path, trainer_cls=OrthoGradTrainer, config_cls=OrthoGradConfig, **overrides
+):
     args = dict(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=len(forget),
-        per_device_retain_batch_size=len(retain), max_steps=1, learning_rate=LR, optim="sgd",
-        lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0, use_cpu=True, logging_steps=1,
-        report_to="none", seed=0, disable_tqdm=True, retain_weight=0.0,
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=len(forget),
+        per_device_retain_batch_size=len(retain),
+        max_steps=1,
+        learning_rate=LR,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        use_cpu=True,
+        logging_steps=1,
+        report_to="none",
+        seed=0,
+        disable_tqdm=True,
+        retain_weight=0.0,
     )
     args.update(overrides)
-    return trainer_cls(model=model, args=config_cls(**args), forget_dataset=forget, retain_dataset=retain,
-                       data_collator=collator)
+    return trainer_cls(
+        model=model, args=config_cls(**args), forget_dataset=forget, retain_dataset=retain, data_collator=collator
+    )
 
 
 def flat_trainable(model: nn.Module) -> torch.Tensor:
@@ -154,12 +175,17 @@ def test_rank_deficient_retain_batch_with_duplicates(tmp_path):
 @pytest.mark.parametrize("seed, conflict", [(1, False), (3, True)])
 def test_rank_one_ablation_matches_its_formula(seed, conflict, tmp_path):
     """Seed 3's forget and retain gradients conflict (projection applied, rank 1); seed 1's do not (rank 0)."""
-    model, forget, retain = gpt2_lora(seed=seed), token_dataset(3, seed=10 * seed), token_dataset(4, seed=10 * seed + 1)
+    model, forget, retain = (
+        gpt2_lora(seed=seed),
+        token_dataset(3, seed=10 * seed),
+        token_dataset(4, seed=10 * seed + 1),
+    )
     forget_batch, retain_batch = collate(list(forget)), collate(list(retain))
     expected, G = explicit_direction(model, forget_batch, retain_batch, 0.2, rank_one=True)
     before = flat_trainable(model)
-    trainer = make_trainer(model, forget, retain, collate, tmp_path, trainer_cls=GRUTrainer, config_cls=GRUConfig,
-                           retain_weight=0.2)
+    trainer = make_trainer(
+        model, forget, retain, collate, tmp_path, trainer_cls=GRUTrainer, config_cls=GRUConfig, retain_weight=0.2
+    )
     trainer.train()
     assert_close(flat_trainable(model) - before, -LR * expected, what="rank-1 step")
     logs = logged(trainer)
@@ -189,9 +215,17 @@ def test_gradient_accumulation_averages_per_micro_step_projections(tmp_path):
     model = gpt2_lora(seed=5)
     forget, retain = token_dataset(4, seed=7), token_dataset(6, seed=8)
     before = flat_trainable(model)
-    trainer = make_trainer(model, forget, retain, collate, tmp_path, trainer_cls=RecordingTrainer,
-                           per_device_train_batch_size=2, per_device_retain_batch_size=3,
-                           gradient_accumulation_steps=2)
+    trainer = make_trainer(
+        model,
+        forget,
+        retain,
+        collate,
+        tmp_path,
+        trainer_cls=RecordingTrainer,
+        per_device_train_batch_size=2,
+        per_device_retain_batch_size=3,
+        gradient_accumulation_steps=2,
+    )
     reference_model = gpt2_lora(seed=5)  # same initial weights, untouched by training
     trainer.train()
     assert len(trainer.forget_batches) == len(trainer.retain_batches) == 2
@@ -224,8 +258,15 @@ def test_vmap_and_fused_paths_agree_on_lora(tmp_path):
     for mode in ("fused", "vmap"):
         model = gpt2_lora(seed=6)
         before = flat_trainable(model)
-        trainer = make_trainer(model, token_dataset(2, seed=1), token_dataset(3, seed=2), collate, tmp_path / mode,
-                               per_sample_gradients=mode, retain_weight=0.4)
+        trainer = make_trainer(
+            model,
+            token_dataset(2, seed=1),
+            token_dataset(3, seed=2),
+            collate,
+            tmp_path / mode,
+            per_sample_gradients=mode,
+            retain_weight=0.4,
+        )
         assert trainer.per_sample_backend == mode
         trainer.train()
         updates.append(flat_trainable(model) - before)
@@ -249,12 +290,22 @@ def test_npo_forget_loss_projects_the_npo_gradient_and_lowers_it(mode, tmp_path)
     # g_f = −∇L_NPO (projection.py's sign convention), so d = −P⊥(−∇L_NPO) at α = 0. NPO's gradient is about |y|
     # times larger than GA's (a sequence log-likelihood, not a token mean) and this toy loss is strongly curved (a
     # plain gradient step of 1e-4 already lowers it 6x less than first order predicts): a small step stays first-order.
-    expected, G = explicit_direction(model, forget_batch, collate(list(retain)), 0.0,
-                                     forget_loss_fn=lambda m, b: -npo_losses(m, b))
+    expected, G = explicit_direction(
+        model, forget_batch, collate(list(retain)), 0.0, forget_loss_fn=lambda m, b: -npo_losses(m, b)
+    )
     npo_before = npo_losses(model, forget_batch).mean().item()
     before = flat_trainable(model)
-    trainer = make_trainer(model, forget, retain, collate, tmp_path, forget_loss="npo", npo_beta=0.5,
-                           per_sample_gradients=mode, learning_rate=1e-5)
+    trainer = make_trainer(
+        model,
+        forget,
+        retain,
+        collate,
+        tmp_path,
+        forget_loss="npo",
+        npo_beta=0.5,
+        per_sample_gradients=mode,
+        learning_rate=1e-5,
+    )
     trainer.train()
     update = flat_trainable(model) - before
     assert_close(update, -1e-5 * expected, what=f"NPO step ({mode})")
@@ -282,8 +333,7 @@ class PoisonAdapter(TrainerCallback):
 def test_hooks_are_removed_after_a_step_and_after_an_error(tmp_path):
     model = gpt2_lora(seed=8)
     hooks = forward_hook_count(model)
-    trainer = make_trainer(model, token_dataset(2, seed=1), token_dataset(3, seed=2), collate, tmp_path,
-                           max_steps=3)
+    trainer = make_trainer(model, token_dataset(2, seed=1), token_dataset(3, seed=2), collate, tmp_path, max_steps=3)
     trainer.add_callback(PoisonAdapter())
     with pytest.raises(FloatingPointError, match="global step 1"):
         trainer.train()  # step 1 is fine, then a NaN adapter weight makes step 2 fail inside the capture
@@ -305,9 +355,19 @@ class CountLiveTensors(TrainerCallback):
 def test_memory_does_not_grow_over_50_steps(tmp_path):
     model = gpt2_lora(seed=9, dtype=torch.float32)
     counter = CountLiveTensors(at=(5, 55))
-    trainer = make_trainer(model, token_dataset(4, seed=1), token_dataset(8, seed=2), collate, tmp_path,
-                           per_device_train_batch_size=2, per_device_retain_batch_size=4, max_steps=55,
-                           learning_rate=1e-3, retain_weight=0.5, logging_steps=10)
+    trainer = make_trainer(
+        model,
+        token_dataset(4, seed=1),
+        token_dataset(8, seed=2),
+        collate,
+        tmp_path,
+        per_device_train_batch_size=2,
+        per_device_retain_batch_size=4,
+        max_steps=55,
+        learning_rate=1e-3,
+        retain_weight=0.5,
+        logging_steps=10,
+    )
     trainer.add_callback(counter)
     trainer.train()
     assert counter.counts[55] <= counter.counts[5] + 3, f"live tensors grew: {counter.counts}"
@@ -326,11 +386,21 @@ def test_bad_input_names_the_fix(tmp_path):
     with pytest.raises(ValueError, match="forget_loss"):
         OrthoGradConfig(forget_loss="npo2", **common)
     with pytest.raises(ValueError, match="retain_dataset"):
-        OrthoGradTrainer(model=gpt2_lora(), args=OrthoGradConfig(retain_weight=0.0, **common),
-                         forget_dataset=token_dataset(2, seed=0), data_collator=collate)
+        OrthoGradTrainer(
+            model=gpt2_lora(),
+            args=OrthoGradConfig(retain_weight=0.0, **common),
+            forget_dataset=token_dataset(2, seed=0),
+            data_collator=collate,
+        )
     with pytest.raises(ValueError, match="VmapPerSampleGradients"):
-        make_trainer(tiny_gpt2(), token_dataset(2, seed=0), token_dataset(2, seed=1), collate, tmp_path,
-                     per_sample_gradients="fused")
+        make_trainer(
+            tiny_gpt2(),
+            token_dataset(2, seed=0),
+            token_dataset(2, seed=1),
+            collate,
+            tmp_path,
+            per_sample_gradients="fused",
+        )
     with_batch_norm = gpt2_lora()
     with_batch_norm.base_model.model.transformer.add_module("norm", nn.BatchNorm1d(16))
     with pytest.raises(ValueError, match="GroupNorm/LayerNorm"):
@@ -338,10 +408,16 @@ def test_bad_input_names_the_fix(tmp_path):
 
 
 def test_concatenate_batches_pads_each_kind_of_tensor():
-    first = {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3, dtype=torch.long),
-             "labels": torch.tensor([[5, 6, 7]])}
-    second = {"input_ids": torch.tensor([[8]]), "attention_mask": torch.ones(1, 1, dtype=torch.long),
-              "labels": torch.tensor([[8]])}
+    first = {
+        "input_ids": torch.tensor([[5, 6, 7]]),
+        "attention_mask": torch.ones(1, 3, dtype=torch.long),
+        "labels": torch.tensor([[5, 6, 7]]),
+    }
+    second = {
+        "input_ids": torch.tensor([[8]]),
+        "attention_mask": torch.ones(1, 1, dtype=torch.long),
+        "labels": torch.tensor([[8]]),
+    }
     joint = concatenate_batches(first, second, pad_token_id=2)
     assert joint["input_ids"].tolist() == [[5, 6, 7], [8, 2, 2]]
     assert joint["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]

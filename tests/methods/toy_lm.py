@@ -11,8 +11,17 @@ VOCAB = 32
 def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     config = GPT2Config(
-        vocab_size=VOCAB, n_positions=32, n_embd=16, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=1,
-        pad_token_id=1, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        vocab_size=VOCAB,
+        n_positions=32,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
     return GPT2LMHeadModel(config)
 
@@ -22,7 +31,9 @@ def token_dataset(n: int, seed: int, min_len: int = 4, max_len: int = 9) -> Data
     rows = []
     for i in range(n):
         length = int(torch.randint(min_len, max_len + 1, (1,), generator=generator))
-        rows.append({"id": f"s{seed}-{i}", "input_ids": torch.randint(2, VOCAB, (length,), generator=generator).tolist()})
+        rows.append(
+            {"id": f"s{seed}-{i}", "input_ids": torch.randint(2, VOCAB, (length,), generator=generator).tolist()}
+        )
     return Dataset.from_list(rows)
 
 
