@@ -11,7 +11,8 @@
         --dataset_name ./my_speech_dataset --forget_speaker 1234 --output_dir outputs/whisper-small-forget-1234
 
 Writes to `output_dir`: the LoRA adapter (safetensors), the processor, `unlearn_config.json` (everything that was
-resolved) and `metrics.json` (`{"base"|"retrain"|"unlearned": {split: {"wer", "cer"}}}`), and prints the table.
+resolved), `metrics.json` (`{"base"|"retrain"|"unlearned": {split: {"wer", "cer"}}}`) and `trainer_state.json`
+(per-step losses and method diagnostics), and prints the table.
 """
 
 import argparse
@@ -85,8 +86,15 @@ def parse_args(argv: list[str]):
     pre.add_argument("--method")
     known, rest = pre.parse_known_args(argv)
     preset = yaml.safe_load(Path(known.config).read_text()) or {}
-    method = known.method or preset.pop("method", "graddiff")
-    preset.pop("method", None)
+    preset_method = preset.pop("method", "graddiff")
+    method = known.method or preset_method
+    if method != preset_method and "retain_weight" in preset:
+        # retain_weight means λ, α or γ depending on the method: a preset's value is only valid for its own method.
+        print(
+            f"Ignoring retain_weight={preset.pop('retain_weight')} from {known.config} (set for {preset_method}); "
+            f"{method} uses its own default unless --retain_weight is given.",
+            file=sys.stderr,
+        )
     preset.setdefault("output_dir", f"outputs/whisper_tiny-{method}")
     return make_parser(method).parse_args_into_dataclasses(args=_to_argv(preset) + ["--method", method] + rest)
 
@@ -198,6 +206,7 @@ def main(script_args: ScriptArguments, config) -> dict:
     if trainer.is_world_process_zero():
         output_dir = Path(config.output_dir)
         (output_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+        trainer.state.save_to_json(str(output_dir / "trainer_state.json"))  # per-step losses and diagnostics
         resolved = {"script": asdict(script_args), "config": json.loads(config.to_json_string())}
         (output_dir / "unlearn_config.json").write_text(json.dumps(resolved, indent=2))
         print(metrics_table(results))

@@ -50,6 +50,8 @@ def test_recipe_writes_adapter_processor_config_and_metrics(default_run):
         assert set(model_metrics) == SPLITS
         assert all(0.0 <= m["wer"] and 0.0 <= m["cer"] for m in model_metrics.values())
     assert "| model | forget WER |" in result.stdout
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    assert any("forget/loss" in entry and "retain/loss" in entry for entry in history)
     # The base model memorised the forget speaker; the exact-retrain model never heard it.
     assert metrics["base"]["forget"]["wer"] <= 0.05
     assert metrics["retrain"]["forget"]["wer"] > metrics["base"]["forget"]["wer"]
