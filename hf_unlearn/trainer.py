@@ -9,7 +9,7 @@ import torch
 from datasets import Dataset
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
-from transformers import PreTrainedModel, Trainer, TrainerCallback
+from transformers import PreTrainedModel, Trainer, TrainerCallback, set_seed
 
 from .configs import UnlearnConfig
 from .losses import model_per_example_loss
@@ -97,6 +97,9 @@ class UnlearnTrainer(Trainer):
         if peft_config is not None:
             from peft import get_peft_model
 
+            # The adapter's random init must follow args.seed, not whatever consumed the global RNG before (e.g.
+            # training a reference model in the same process); Trainer only seeds later, in super().__init__.
+            set_seed(args.seed)
             model = get_peft_model(model, peft_config)
         _check_trainable_parameters(model)
         _check_vocabulary_fits(model, processing_class)

@@ -168,3 +168,21 @@ def test_retain_stream_cycles_with_full_batches(tmp_path):
         assert len(rows) == 4 and len(set(rows)) == 4
         seen.update(rows)
     assert seen == {tuple(ex["input_ids"]) for ex in token_dataset(6, seed=2)}
+
+
+def test_adapter_initialisation_follows_args_seed(tmp_path):
+    """Whatever consumed the global RNG before (a reference model trained in-process), the adapter starts the same."""
+    adapters = []
+    for rng_noise in (1, 2):
+        model = tiny_gpt2()
+        torch.rand(rng_noise * 100)
+        trainer = GradDiffTrainer(
+            model=model,
+            args=GradDiffConfig(output_dir=str(tmp_path / f"o{rng_noise}"), use_cpu=True, report_to="none", seed=3),
+            forget_dataset=token_dataset(2, seed=1),
+            retain_dataset=token_dataset(2, seed=2),
+            data_collator=collate,
+            peft_config=LoraConfig(r=2, target_modules=["c_attn"]),
+        )
+        adapters.append({n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_A" in n})
+    assert adapters[0] and all(torch.equal(adapters[0][n], adapters[1][n]) for n in adapters[0])
