@@ -70,7 +70,10 @@ METHODS = [
 
 @pytest.mark.parametrize("trainer_cls, config_cls", METHODS, ids=[m[0]._name for m in METHODS])
 def test_step_changes_only_adapter_and_raises_forget_loss(trainer_cls, config_cls, tmp_path):
-    trainer = make_trainer(trainer_cls, config_cls, tmp_path)
+    # SimNPO's default β=2.5 saturates on an untrained model (σ(β·ℓ) ≈ 1 at ℓ ≈ 3.5, a vanishing forget gradient)
+    # and its retain term then drives the step; check its own forget term alone, at a β where it is not saturated.
+    overrides = {"beta": 0.5, "retain_weight": 0.0} if config_cls is SimNPOConfig else {}
+    trainer = make_trainer(trainer_cls, config_cls, tmp_path, **overrides)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     forget_before = mean_loss(trainer, trainer.train_dataset)
     trainer.train()
@@ -82,7 +85,7 @@ def test_step_changes_only_adapter_and_raises_forget_loss(trainer_cls, config_cl
     assert mean_loss(trainer, trainer.train_dataset) > forget_before + 1e-4
     logged = {k for entry in trainer.state.log_history for k in entry}
     assert "forget/loss" in logged
-    if trainer.uses_retain_batch:
+    if trainer.retain_dataset is not None:
         assert "retain/loss" in logged
 
 
