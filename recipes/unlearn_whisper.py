@@ -10,9 +10,14 @@
     accelerate launch recipes/unlearn_whisper.py --model_name_or_path openai/whisper-small \
         --dataset_name ./my_speech_dataset --forget_speaker 1234 --output_dir outputs/whisper-small-forget-1234
 
+    # Push the adapter, processor and model card (checked before any training: needs a token and a repo id):
+    accelerate launch recipes/unlearn_whisper.py --push_to_hub --hub_model_id your-name/whisper-tiny-forget-speaker0
+    # ... or write exactly what would be uploaded into a folder, without any network:
+    accelerate launch recipes/unlearn_whisper.py --hub_dry_run_dir outputs/hub_upload
+
 Writes to `output_dir`: the LoRA adapter (safetensors), the processor, `unlearn_config.json` (everything that was
-resolved), `metrics.json` (`{"base"|"retrain"|"unlearned": {split: {"wer", "cer"}}}`) and `trainer_state.json`
-(per-step losses and method diagnostics), and prints the table.
+resolved), `metrics.json` (`{"base"|"retrain"|"unlearned": {split: {"wer", "cer"}}}`), `trainer_state.json`
+(per-step losses and method diagnostics) and the model card `README.md`, and prints the table.
 """
 
 import argparse
@@ -64,6 +69,12 @@ class ScriptArguments:
     )
     cache_dir: str | None = field(
         default=None, metadata={"help": "Cache for the embedded corpus and models (default $HF_UNLEARN_CACHE)."}
+    )
+    hub_dry_run_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Write the files push_to_hub would upload (adapter, processor, card) into this empty folder."
+        },
     )
 
 
@@ -158,9 +169,15 @@ def main(script_args: ScriptArguments, config) -> dict:
     from hf_unlearn.data import SpeechSeq2SeqCollator, prepare_speech_dataset
     from hf_unlearn.eval.asr import transcribe, wer_cer
     from hf_unlearn.eval.report import metrics_table
+    from hf_unlearn.hub import check_card_template, check_push_to_hub
     from hf_unlearn.trainer import check_output_dir
 
     check_output_dir(config)  # before any minute of corpus or model training is spent
+    check_push_to_hub(config)
+    check_card_template()
+    dry_run_dir = Path(script_args.hub_dry_run_dir) if script_args.hub_dry_run_dir else None
+    if dry_run_dir is not None and dry_run_dir.is_dir() and any(dry_run_dir.iterdir()):
+        raise FileExistsError(f"--hub_dry_run_dir {str(dry_run_dir)!r} is not empty; pass an empty or new folder.")
     # One process synthesises the corpus and trains the references; the others then read the caches.
     with config.main_process_first(desc="corpus and reference models"):
         corpus, processor, model, retrain_model = load_data_and_models(script_args, config.seed)
@@ -199,16 +216,25 @@ def main(script_args: ScriptArguments, config) -> dict:
             )
             for split, data in prepared.items()
         }
+    datasets = [script_args.dataset_name] if script_args.dataset_name else None
+    trainer.set_card_info(metrics=results, datasets=datasets)  # checkpoint cards show base/retrain already
     trainer.train()
     results["unlearned"] = asr_metrics(trainer.evaluate())
+    trainer.set_card_info(metrics=results)
 
-    trainer.save_model(config.output_dir)
     if trainer.is_world_process_zero():
         output_dir = Path(config.output_dir)
         (output_dir / "metrics.json").write_text(json.dumps(results, indent=2))
         trainer.state.save_to_json(str(output_dir / "trainer_state.json"))  # per-step losses and diagnostics
         resolved = {"script": asdict(script_args), "config": json.loads(config.to_json_string())}
         (output_dir / "unlearn_config.json").write_text(json.dumps(resolved, indent=2))
+    # After the files above, so that --push_to_hub uploads them with the adapter, processor and card.
+    trainer.save_model(config.output_dir)
+    if dry_run_dir is not None:
+        uploaded = trainer.save_for_hub(dry_run_dir)
+        if trainer.is_world_process_zero():
+            print(f"Dry run: {len(uploaded)} files that push_to_hub would upload written to {dry_run_dir}")
+    if trainer.is_world_process_zero():
         print(metrics_table(results))
     return results
 
