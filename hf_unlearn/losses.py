@@ -54,6 +54,14 @@ def per_example_loss_from_log_prob(seq_log_prob: Tensor, lengths: Tensor) -> Ten
     return -seq_log_prob / lengths
 
 
+def npo_per_example_loss(seq_log_prob: Tensor, ref_seq_log_prob: Tensor, beta: float) -> Tensor:
+    """NPO's per-example term ``(2/β)·log(1 + (π_θ/π_ref)^β) = (2/β)·softplus(β·(log π_θ − log π_ref))``, ``[B]``.
+
+    π is the sequence likelihood; the softplus form is the numerically stable one. NPO's loss is its mean.
+    """
+    return (2.0 / beta) * torch.nn.functional.softplus(beta * (seq_log_prob - ref_seq_log_prob))
+
+
 def align_logits_and_labels(logits: Tensor, labels: Tensor, is_encoder_decoder: bool) -> tuple[Tensor, Tensor]:
     """Causal LMs predict token t+1 at position t (labels are the inputs, unshifted, as in transformers);
     seq2seq decoders are fed shifted inputs, so their logits already line up with their labels."""

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from accelerate.utils import DistributedType
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -14,7 +13,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from ..configs import UnlearnConfig
 from ..gradients.meta import LossFn, LURObjective, batch_loss_fn, trainable_parameters
-from ..losses import model_sequence_log_prob
+from ..losses import model_sequence_log_prob, npo_per_example_loss
 from ..trainer import UnlearnTrainer
 from .reference import ReferencePolicy, reference_log_prob
 
@@ -304,8 +303,7 @@ class LURTrainer(UnlearnTrainer):
                 log_ratio = log_prob - ref_log_prob
                 stash["forget/loss"] = (-log_prob / lengths).mean()
                 stash["npo/log_ratio"] = log_ratio.mean()
-                # (2/β)·mean log(1 + (π_θ/π_ref)^β) = (2/β)·mean softplus(β·(log π_θ − log π_ref))
-                return (2.0 / beta) * F.softplus(beta * log_ratio).mean()
+                return npo_per_example_loss(log_prob, ref_log_prob, beta).mean()
 
         bound = batch_loss_fn(model, batch, loss=loss, config=config)
 

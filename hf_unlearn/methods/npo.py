@@ -2,10 +2,8 @@
 
 from dataclasses import dataclass, field
 
-import torch.nn.functional as F
-
 from ..configs import UnlearnConfig
-from ..losses import model_sequence_log_prob
+from ..losses import model_sequence_log_prob, npo_per_example_loss
 from ..trainer import UnlearnTrainer
 from .reference import ReferencePolicy, reference_log_prob
 
@@ -59,7 +57,7 @@ class NPOTrainer(UnlearnTrainer):
             self.reference, unwrapped, lambda m: model_sequence_log_prob(m, inputs, self.model_config)[0]
         )
         beta = self.args.beta
-        loss = (2.0 / beta) * F.softplus(beta * (log_prob - ref_log_prob)).mean()
+        loss = npo_per_example_loss(log_prob, ref_log_prob, beta).mean()
         self.log_metric("forget/loss", (-log_prob / lengths).mean())
         self.log_metric("npo/log_ratio", (log_prob - ref_log_prob).mean())
         loss = loss + self.weighted_retain_loss(model)

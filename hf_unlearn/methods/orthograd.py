@@ -26,7 +26,13 @@ from ..gradients import (
     orthograd_direction,
     projection_diagnostics,
 )
-from ..losses import IGNORE_INDEX, model_sequence_log_prob, per_example_loss_from_log_prob, shift_labels_right
+from ..losses import (
+    IGNORE_INDEX,
+    model_sequence_log_prob,
+    npo_per_example_loss,
+    per_example_loss_from_log_prob,
+    shift_labels_right,
+)
 from ..trainer import UnlearnTrainer
 from .reference import ReferencePolicy, reference_log_prob
 
@@ -319,8 +325,7 @@ class OrthoGradTrainer(UnlearnTrainer):
         with ``npo_j = (2/β)·log(1 + (π_θ/π_ref)^β) = (2/β)·softplus(β·(log π_θ − log π_ref))``."""
         if ref_log_prob is None:
             return losses
-        beta = self.args.npo_beta
-        return -(2.0 / beta) * F.softplus(beta * (log_prob - ref_log_prob))
+        return -npo_per_example_loss(log_prob, ref_log_prob, self.args.npo_beta)
 
     def _joint_objective(self, model: nn.Module, joint: dict[str, Tensor], num_forget: int, ref_log_prob):
         """``(φ [m+k], ℓ [m+k])``: the per-example terms to capture, and the per-example task losses for logging."""
@@ -408,8 +413,7 @@ class OrthoGradTrainer(UnlearnTrainer):
             unlearn_loss = -forget_loss
         else:
             log_prob = -losses[:num_forget] * self._target_lengths(forget["labels"])
-            beta = self.args.npo_beta
-            unlearn_loss = (2.0 / beta) * F.softplus(beta * (log_prob - ref_log_prob)).mean()
+            unlearn_loss = npo_per_example_loss(log_prob, ref_log_prob, self.args.npo_beta).mean()
             self.log_metric("npo/loss", unlearn_loss)
         self.log_metric("forget/loss", forget_loss)
         self.log_metric("retain/loss", retain_loss)
