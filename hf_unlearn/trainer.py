@@ -417,17 +417,15 @@ class UnlearnTrainer(Trainer):
         return metrics
 
     def _transcription_metrics(self, dataset: Dataset) -> dict[str, float]:
-        from .eval.asr import transcribe, wer_cer
+        from .eval.asr import evaluate_asr
 
-        model = self.accelerator.unwrap_model(self.model)
-        hypotheses = transcribe(
-            model,
+        return evaluate_asr(
+            self.accelerator.unwrap_model(self.model),
             self.processing_class,
             dataset,
             batch_size=self.args.per_device_eval_batch_size,
             max_new_tokens=self.args.generation_max_new_tokens,
         )
-        return wer_cer(list(dataset["text"]), hypotheses)
 
 
 def _is_speech_processor(processing_class: Any) -> bool:

@@ -167,7 +167,7 @@ def main(script_args: ScriptArguments, config) -> dict:
 
     from hf_unlearn import METHODS
     from hf_unlearn.data import SpeechSeq2SeqCollator, prepare_speech_dataset
-    from hf_unlearn.eval.asr import transcribe, wer_cer
+    from hf_unlearn.eval.asr import evaluate_asr
     from hf_unlearn.eval.report import metrics_table
     from hf_unlearn.hub import check_card_template, check_push_to_hub
     from hf_unlearn.trainer import check_output_dir
@@ -208,11 +208,8 @@ def main(script_args: ScriptArguments, config) -> dict:
     if retrain_model is not None:
         retrain_model.to(trainer.args.device)
         results["retrain"] = {
-            split: wer_cer(
-                list(data["text"]),
-                transcribe(
-                    retrain_model, processor, data, config.per_device_eval_batch_size, config.generation_max_new_tokens
-                ),
+            split: evaluate_asr(
+                retrain_model, processor, data, config.per_device_eval_batch_size, config.generation_max_new_tokens
             )
             for split, data in prepared.items()
         }

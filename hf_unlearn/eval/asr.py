@@ -95,8 +95,12 @@ def transcribe(
 
 
 def evaluate_asr(
-    model: torch.nn.Module, processor: WhisperProcessor, dataset: Dataset, batch_size: int = 16
+    model: torch.nn.Module,
+    processor: WhisperProcessor,
+    dataset: Dataset,
+    batch_size: int = 16,
+    max_new_tokens: int | None = None,
 ) -> dict[str, float]:
     """`{"wer", "cer"}` of greedy transcripts of `dataset` against its `text` column."""
-    hypotheses = transcribe(model, processor, dataset, batch_size=batch_size)
+    hypotheses = transcribe(model, processor, dataset, batch_size=batch_size, max_new_tokens=max_new_tokens)
     return wer_cer(list(dataset["text"]), hypotheses)
