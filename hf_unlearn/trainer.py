@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 from datasets import Dataset
 from huggingface_hub import ModelCardData
 from torch import nn
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from transformers import PreTrainedModel, Trainer, TrainerCallback, set_seed
 
 from .configs import UnlearnConfig
+from .eval.evaluator import ASREvaluator, ShardPlan, SplitEvaluator
 from .hub import model_card as hub_card
 from .losses import model_per_example_loss
 
@@ -46,6 +48,9 @@ class UnlearnTrainer(Trainer):
             Adapter to add to `model` before training.
         callbacks (`list[TrainerCallback]`, *optional*):
             Passed to [`~transformers.Trainer`].
+        evaluator ([`~hf_unlearn.eval.SplitEvaluator`], *optional*):
+            Generation-based metrics of each eval split, computed on every process's shard and gathered. Defaults
+            to WER/CER ([`~hf_unlearn.eval.ASREvaluator`]) for a speech processor when `args.eval_generate`.
 
     Example:
 
@@ -88,6 +93,7 @@ class UnlearnTrainer(Trainer):
         peft_config: Any | None = None,
         callbacks: list[TrainerCallback] | None = None,
         optimizers: tuple = (None, None),
+        evaluator: SplitEvaluator | None = None,
     ):
         if not isinstance(args, UnlearnConfig):
             raise TypeError(f"args must be an UnlearnConfig (or a method's config), got {type(args).__name__}.")
@@ -123,6 +129,9 @@ class UnlearnTrainer(Trainer):
         self._retain_epoch = 0
         self._card_info: dict[str, Any] = {"metrics": None, "datasets": None, "command": hub_card.reproduce_command()}
         self._forget_fingerprint: dict[str, Any] | None = None
+        if evaluator is None and args.eval_generate and _is_speech_processor(processing_class):
+            evaluator = ASREvaluator(processing_class, max_new_tokens=args.generation_max_new_tokens)
+        self.evaluator = evaluator
         super().__init__(
             model=model,
             args=args,
@@ -390,14 +399,14 @@ class UnlearnTrainer(Trainer):
         metrics: dict[str, float] = {}
         for split_name, dataset in splits.items():
             prefix = f"{metric_key_prefix}_{split_name}" if split_name else metric_key_prefix
-            for key, value in self.evaluate_split(dataset).items():
+            for key, value in self.evaluate_split(dataset, split_name).items():
                 metrics[f"{prefix}_{key}"] = value
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
     @torch.no_grad()
-    def evaluate_split(self, dataset: Dataset) -> dict[str, float]:
+    def evaluate_split(self, dataset: Dataset, split: str = "") -> dict[str, float]:
         """Metrics of one split. Subclasses add method-specific ones by extending the returned dict."""
         model = self.model
         was_training = model.training
@@ -410,22 +419,31 @@ class UnlearnTrainer(Trainer):
                     losses.append(self.per_example_loss(model, batch).float())
             per_example = self.accelerator.gather_for_metrics(torch.cat(losses))
             metrics = {"loss": float(per_example.mean())}
-            if self.args.eval_generate and _is_speech_processor(self.processing_class):
-                metrics.update(self._transcription_metrics(dataset))
+            if self.evaluator is not None:
+                metrics.update(self._evaluator_metrics(dataset, split))
         finally:
             model.train(was_training)
         return metrics
 
-    def _transcription_metrics(self, dataset: Dataset) -> dict[str, float]:
-        from .eval.asr import evaluate_asr
+    def _evaluator_metrics(self, dataset: Dataset, split: str) -> dict[str, float]:
+        """Run the evaluator on this process's shard, gather every record in dataset order, aggregate everywhere.
 
-        return evaluate_asr(
-            self.accelerator.unwrap_model(self.model),
-            self.processing_class,
-            dataset,
-            batch_size=self.args.per_device_eval_batch_size,
-            max_new_tokens=self.args.generation_max_new_tokens,
-        )
+        Every rank ends with the same metrics (so `metric_for_best_model` and early stopping agree across ranks),
+        and every rank runs the same number of batches (ZeRO-3 forwards are collective).
+        """
+        plan = ShardPlan.for_rank(len(dataset), self.accelerator.process_index, self.accelerator.num_processes)
+        shard = dataset.select(plan.indices)
+        model = self.accelerator.unwrap_model(self.model)
+        records = self.evaluator.per_example(model, shard, self.args.per_device_eval_batch_size)
+        if len(records) != len(plan.indices):
+            raise RuntimeError(
+                f"{type(self.evaluator).__name__}.per_example returned {len(records)} records for {len(plan.indices)} "
+                "examples: it must return exactly one record per example, in order."
+            )
+        records = [record for record, keep in zip(records, plan.keep, strict=True) if keep]
+        if self.accelerator.num_processes > 1:
+            records = gather_object(records)
+        return self.evaluator.aggregate(records, split)
 
 
 def _is_speech_processor(processing_class: Any) -> bool:

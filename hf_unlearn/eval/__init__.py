@@ -8,6 +8,17 @@ from hf_unlearn.eval.asr import (
     wer_cer,
     word_error_rate,
 )
+from hf_unlearn.eval.evaluator import ASREvaluator, ShardPlan, SplitEvaluator
 
 
-__all__ = ["char_error_rate", "evaluate_asr", "normalize_transcript", "transcribe", "wer_cer", "word_error_rate"]
+__all__ = [
+    "ASREvaluator",
+    "ShardPlan",
+    "SplitEvaluator",
+    "char_error_rate",
+    "evaluate_asr",
+    "normalize_transcript",
+    "transcribe",
+    "wer_cer",
+    "word_error_rate",
+]
