@@ -1,8 +1,14 @@
 """`UnlearnConfig`: the `TrainingArguments` fields every unlearning method shares."""
 
+import logging
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
+
+from .distributed import accelerator_available, launcher_world_size
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,4 +82,11 @@ class UnlearnConfig(TrainingArguments):
             )
         if self.retain_weight < 0:
             raise ValueError(f"retain_weight must be >= 0, got {self.retain_weight}.")
+        if launcher_world_size() > 1 and not accelerator_available() and not self.use_cpu:
+            # Without an accelerator, processes that do not ask for the CPU never join a process group (each would
+            # train alone on its shard): ask for it, which is what the user meant.
+            logger.info("Several processes and no accelerator: setting use_cpu=True.")
+            self.use_cpu = True
+        if self.use_cpu and self.ddp_backend is None and launcher_world_size() > 1:
+            self.ddp_backend = "gloo"  # the only backend torch.distributed offers on CPU everywhere
         super().__post_init__()

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from transformers import PreTrainedModel, Trainer, TrainerCallback, set_seed
 
 from .configs import UnlearnConfig
+from .distributed import check_process_count
 from .eval.evaluator import ASREvaluator, ShardPlan, SplitEvaluator
 from .hub import model_card as hub_card
 from .losses import model_per_example_loss
@@ -143,6 +144,7 @@ class UnlearnTrainer(Trainer):
             optimizers=optimizers,
         )
         self.model_config = self.accelerator.unwrap_model(self.model).config
+        check_process_count(self.accelerator.num_processes)
 
     # ------------------------------------------------------------------ streams
 
@@ -189,6 +191,17 @@ class UnlearnTrainer(Trainer):
         """ℓ_i, the mean loss over example i's own target tokens, shape [B] (DESIGN §1)."""
         return model_per_example_loss(model, inputs, self.model_config)
 
+    def surrogate_forward_model(self, model: nn.Module) -> nn.Module:
+        """The module to run forwards through when the step differentiates them with `torch.autograd.grad` before
+        one final backward of a surrogate loss (OrthoGrad, LUR).
+
+        Under DDP that is the wrapper: its reducer all-reduces only a backward that follows its own forward. Under
+        DeepSpeed it is the inner module: the engine hooks its forward's output so that *any* backward through it,
+        `torch.autograd.grad` included, runs the engine's gradient reduction; the surrogate's `engine.backward` is
+        reduced all the same, by the hooks on the parameters.
+        """
+        return self.accelerator.unwrap_model(model) if self.is_deepspeed_enabled else model
+
     def weighted_retain_loss(self, model: nn.Module) -> torch.Tensor | float:
         """``λ·L_r`` on the next retain batch (and logged), or ``0`` when the retain term is off."""
         if self.args.retain_weight == 0 or not self.uses_retain_batch:
@@ -214,6 +227,13 @@ class UnlearnTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
         averaged = {key: sum(vals) / len(vals) for key, vals in self._metrics[mode].items() if vals}
+        if self.accelerator.num_processes > 1:
+            # Each rank measured its own shard of the global batch: log the mean over ranks, not rank 0's view.
+            per_rank = gather_object([averaged])
+            averaged = {
+                key: sum(d[key] for d in per_rank if key in d) / sum(key in d for d in per_rank)
+                for key in sorted(set().union(*per_rank))
+            }
         if mode == "eval":
             averaged = {f"eval_{key}": val for key, val in averaged.items()}
         logs = {**logs, **averaged}

@@ -244,6 +244,12 @@ def _dot(xs: list[Tensor | None], ys: list[Tensor | None], like: Tensor) -> Tens
     return torch.stack(terms).sum() if terms else like.new_zeros(())
 
 
+def _linear(params: list[Tensor], vectors, like: Tensor) -> Tensor:
+    """``Σ ⟨v, p − sg(p)⟩``: value 0, gradient v with respect to each p (None entries count as zero)."""
+    terms = [(v.detach() * (p - p.detach())).sum() for p, v in zip(params, vectors, strict=True) if v is not None]
+    return torch.stack(terms).sum().to(like.dtype) if terms else like.new_zeros(())
+
+
 def _detached(tensors: list[Tensor | None]) -> list[Tensor | None]:
     return [None if t is None else t.detach() for t in tensors]
 
@@ -351,6 +357,7 @@ class LURObjective:
         retain_weight: float = 1.0,
         meta_order: MetaOrder = "second",
         objective_order: ObjectiveOrder = "unlearn_then_retain",
+        all_reduce_mean: Callable[[list[Tensor]], list[Tensor]] | None = None,
     ):
         _check_inner_lr(inner_lr)
         if not math.isfinite(retain_weight) or retain_weight < 0:
@@ -365,6 +372,7 @@ class LURObjective:
         self.retain_weight = retain_weight
         self.meta_order = meta_order
         self.objective_order = objective_order
+        self.all_reduce_mean = all_reduce_mean
         self._double_backward_checked = False
 
     def __call__(
@@ -399,16 +407,20 @@ class LURObjective:
         tensors = list(params.values())
         inner_loss = _as_objective_dtype(inner_fn(None), "inner loss")
         inner_grads = _inner_gradient(inner_loss, tensors, second_order, retain_graph=second_order)
-        virtual = _step(params, inner_grads, beta)
-        outer_loss = _as_objective_dtype(outer_fn(virtual), "outer loss")
-        # J = w_in·L_inner(θ) + w_out·L_outer(θ − β·∇L_inner(θ)); its backward is the meta-gradient. Its first term's
-        # gradient is the inner gradient already in hand: the surrogate carries it as ⟨∇L_inner, θ − sg(θ)⟩ (value 0,
-        # gradient ∇L_inner) rather than backpropagating through L_inner(θ) a second time — one backward of the inner
-        # batch saved, and in first order its graph is freed before the outer forward.
-        pairs = zip(tensors, inner_grads, strict=True)
-        linear = [(g.detach() * (p - p.detach())).sum() for p, g in pairs if g is not None]
-        inner_term = inner_loss.detach() + torch.stack(linear).sum() if linear else inner_loss
-        meta_loss = inner_weight * inner_term + outer_weight * outer_loss
+        # J's first term has the inner gradient already in hand as its gradient: the surrogate carries it as
+        # ⟨∇L_inner, θ − sg(θ)⟩ (value 0, gradient ∇L_inner) rather than backpropagating through L_inner(θ) a second
+        # time — one backward of the inner batch saved, and in first order its graph is freed before the outer forward.
+        inner_term = inner_loss.detach() + _linear(tensors, inner_grads, like=inner_loss)
+        if self.all_reduce_mean is None:
+            virtual = _step(params, inner_grads, beta)
+            outer_loss = _as_objective_dtype(outer_fn(virtual), "outer loss")
+            # J = w_in·L_inner(θ) + w_out·L_outer(θ − β·∇L_inner(θ)); its backward is the meta-gradient.
+            outer_term = outer_loss
+        else:
+            virtual, outer_loss, outer_term = self._distributed_outer(
+                params, inner_grads, outer_fn, compute_diagnostics
+            )
+        meta_loss = inner_weight * inner_term + outer_weight * outer_term
 
         values = {
             "lur/inner_loss": inner_loss.detach(),
@@ -441,6 +453,47 @@ class LURObjective:
                 f"{metrics['lur/inner_grad_norm']:.3g}). Lower inner_lr (now {beta})."
             )
         return LURStep(loss=meta_loss, metrics=metrics)
+
+    def _distributed_outer(
+        self,
+        params: Mapping[str, Tensor],
+        inner_grads: tuple[Tensor | None, ...],
+        outer_fn: LossFn,
+        keep_graph: bool,
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """The outer term when each process holds a shard of the batch (DESIGN §5).
+
+        One process with the whole batch steps to θ' = θ − β·ḡ with ḡ the *global* inner gradient, and its exact
+        meta-gradient applies (I − β·H̄) to v̄ = ∇L_outer(θ'), both global means. Each process therefore averages its
+        inner gradient before the virtual step and, in second order, its v before the Hessian-vector product. The
+        surrogate's gradient on process r is then ``v̄ − β·H_r·v̄`` (plus the inner term), and the gradient
+        all-reduce, which averages over processes, yields exactly ``(I − β·H̄)·v̄``.
+        """
+        beta = self.inner_lr
+        names = list(params)
+        local = [
+            torch.zeros_like(p) if g is None else g.detach().clone()
+            for p, g in zip(params.values(), inner_grads, strict=True)
+        ]
+        mean_inner = self.all_reduce_mean(local)
+        if self.meta_order == "first":
+            virtual = {name: p - beta * g for (name, p), g in zip(params.items(), mean_inner, strict=True)}
+            outer_loss = _as_objective_dtype(outer_fn(virtual), "outer loss")
+            return virtual, outer_loss, outer_loss
+        with torch.no_grad():
+            points = [(p - beta * g) for p, g in zip(params.values(), mean_inner, strict=True)]
+        virtual = {name: point.requires_grad_() for name, point in zip(names, points, strict=True)}
+        outer_loss = _as_objective_dtype(outer_fn(virtual), "outer loss")
+        local_v = torch.autograd.grad(outer_loss, list(virtual.values()), retain_graph=keep_graph, allow_unused=True)
+        v = self.all_reduce_mean(
+            [torch.zeros_like(p) if g is None else g for p, g in zip(virtual.values(), local_v, strict=True)]
+        )
+        tensors = list(params.values())
+        # ⟨v̄, θ − sg(θ)⟩ has gradient v̄; −β·(⟨∇L_inner(θ), v̄⟩ − its value) has gradient −β·H_r·v̄ and value 0.
+        pairs = [(g, u.detach()) for g, u in zip(inner_grads, v, strict=True) if g is not None]
+        hvp_term = sum(((g - g.detach()) * u).sum() for g, u in pairs) if pairs else outer_loss.new_zeros(())
+        outer_term = outer_loss.detach() + _linear(tensors, v, like=outer_loss) - beta * hvp_term
+        return virtual, outer_loss, outer_term
 
     @property
     def _inner_name(self) -> str:

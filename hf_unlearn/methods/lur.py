@@ -12,6 +12,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, RandomSampler
 
 from ..configs import UnlearnConfig
+from ..distributed import all_reduce_mean_
 from ..gradients.meta import LossFn, LURObjective, batch_loss_fn, trainable_parameters
 from ..losses import model_sequence_log_prob, npo_per_example_loss
 from ..trainer import UnlearnTrainer
@@ -217,6 +218,8 @@ class LURTrainer(UnlearnTrainer):
             retain_weight=config.retain_weight,
             meta_order=config.meta_order,
             objective_order=config.objective_order,
+            # Several processes: θ' and the meta-gradient use the global inner gradient (DESIGN §5).
+            all_reduce_mean=all_reduce_mean_ if self.accelerator.num_processes > 1 else None,
         )
         self.reference = (
             ReferencePolicy(self.accelerator.unwrap_model(self.model)) if config.forget_loss == "npo" else None
@@ -229,9 +232,15 @@ class LURTrainer(UnlearnTrainer):
         if self.is_deepspeed_enabled:
             plugin = self.accelerator.state.deepspeed_plugin
             if plugin is not None and plugin.zero_stage == 3:
+                order = (
+                    "Its exact meta-gradient (meta_order='second') cannot run there at all: the Hessian-vector product "
+                    "backpropagates twice through layers whose weights ZeRO-3 has already released; meta_order='first' "
+                    "does not run there yet either, because ZeRO-3 also releases the LoRA weights the virtual step "
+                    "θ − β·∇L reads."
+                )
                 raise ValueError(
-                    "LURTrainer does not support DeepSpeed ZeRO-3: it partitions the parameters outside its own "
-                    "forward hooks, so the virtual step cannot see them. Use ZeRO-2 (accelerate_configs/) or DDP."
+                    f"LURTrainer does not run under DeepSpeed ZeRO-3. {order} Use ZeRO-2 "
+                    "(accelerate_configs/deepspeed_zero2.yaml) or DDP, where both orders match one process."
                 )
         if self.is_fsdp_enabled:
             raise ValueError(
@@ -378,6 +387,8 @@ class LURTrainer(UnlearnTrainer):
         fresh = self.args.inner_batch == "fresh"
         record: dict[str, Tensor] = {}
 
+        model = self.surrogate_forward_model(model)
+        params = trainable_parameters(model)
         with self.compute_loss_context_manager():
             unlearn_fn = self._unlearn_at(model, forget_batch, record)
             retain_fn = self._retain_at(model, retain_batch, record)
@@ -390,9 +401,7 @@ class LURTrainer(UnlearnTrainer):
             elif self.args.meta_order == "second":
                 unlearn_fn = self._twice_differentiable(unlearn_fn)
             try:
-                step = self.lur(
-                    trainable_parameters(model), unlearn_fn, retain_fn, compute_diagnostics=self.diagnostics_due()
-                )
+                step = self.lur(params, unlearn_fn, retain_fn, compute_diagnostics=self.diagnostics_due())
             except FloatingPointError as err:
                 raise FloatingPointError(
                     f"LUR step failed at global step {self.state.global_step}: {err} Checkpoints already saved in "

@@ -19,6 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from transformers import PreTrainedModel
 
 from ..configs import UnlearnConfig
+from ..distributed import all_gather_rows, zero_stage
 from ..gradients import (
     LoraGradientCapture,
     VmapPerSampleGradients,
@@ -26,6 +27,7 @@ from ..gradients import (
     orthograd_direction,
     projection_diagnostics,
 )
+from ..gradients.global_gram import flat_per_sample_gradients, global_gram
 from ..losses import (
     IGNORE_INDEX,
     model_sequence_log_prob,
@@ -39,6 +41,7 @@ from .reference import ReferencePolicy, reference_log_prob
 
 FORGET_LOSSES = ("ga", "npo")
 PROJECTIONS = ("full", "rank1")
+PROJECTION_SCOPES = ("global", "local")
 PER_SAMPLE_BACKENDS = ("auto", "fused", "vmap")
 
 
@@ -63,6 +66,12 @@ class OrthoGradConfig(UnlearnConfig):
             `"full"`: project against every per-sample retain gradient (OrthoGrad). `"rank1"`: project against the
             mean retain gradient only, and only when it conflicts with the forget gradient (the GRU-style ablation,
             also available as [`GRUConfig`]).
+        projection_scope (`str`, *optional*, defaults to `"global"`):
+            Only matters with several processes. `"global"`: the projection is against the retain samples of every
+            process (DESIGN §5) — each process all-gathers the others' per-sample LoRA gradients (n·P numbers per
+            process per step) and the result equals one process with the whole batch. `"local"`: each process
+            projects its own forget gradient against its own retain samples and the directions are averaged — no
+            extra communication, but the update is then orthogonal to no particular retain sample.
         forget_loss (`str`, *optional*, defaults to `"ga"`):
             The unlearning objective whose gradient is projected: `"ga"` (raise ``L_f``, the mean per-example forget
             loss) or `"npo"` (lower NPO's loss; the reference is the model with its adapter disabled).
@@ -104,6 +113,14 @@ class OrthoGradConfig(UnlearnConfig):
     npo_beta: float = field(
         default=0.1, metadata={"help": "NPO inverse temperature beta (> 0), for forget_loss='npo'."}
     )
+    projection_scope: str = field(
+        default="global",
+        metadata={
+            "help": "With several processes: project against every process's retain samples ('global', exact) or "
+            "each process against its own ('local', cheaper, a different operator).",
+            "choices": list(PROJECTION_SCOPES),
+        },
+    )
     per_sample_gradients: str = field(
         default="auto",
         metadata={
@@ -124,6 +141,8 @@ class OrthoGradConfig(UnlearnConfig):
             )
         if self.projection not in PROJECTIONS:
             raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}.")
+        if self.projection_scope not in PROJECTION_SCOPES:
+            raise ValueError(f"projection_scope must be one of {PROJECTION_SCOPES}, got {self.projection_scope!r}.")
         if self.forget_loss not in FORGET_LOSSES:
             raise ValueError(f"forget_loss must be one of {FORGET_LOSSES}, got {self.forget_loss!r}.")
         if self.per_sample_gradients not in PER_SAMPLE_BACKENDS:
@@ -281,11 +300,17 @@ class OrthoGradTrainer(UnlearnTrainer):
         super().__init__(model, args, forget_dataset, retain_dataset, **kwargs)
         # The base class keeps the retain stream only when retain_weight > 0; the projection needs it at α = 0 too.
         self.retain_dataset = retain_dataset
-        if self.accelerator.num_processes > 1 or self.args.n_gpu > 1:
-            raise NotImplementedError(
-                "OrthoGrad over several processes/GPUs must project against the global retain batch (DESIGN §5), "
-                "which is not implemented yet: run on one process (one device), or raise "
-                "per_device_retain_batch_size to keep the same k."
+        if zero_stage(self.accelerator) == 3:
+            raise ValueError(
+                f"{type(self).__name__} does not run under DeepSpeed ZeRO-3 yet: ZeRO-3 releases the LoRA weights "
+                "between the capture and the surrogate backward. Use ZeRO-2 (accelerate_configs/deepspeed_zero2.yaml) "
+                "or DDP: with a LoRA adapter the frozen base is the bulk of memory, and ZeRO-2 still partitions the "
+                "adapter's gradients and optimizer state."
+            )
+        if self.args.n_gpu > 1:
+            raise ValueError(
+                "OrthoGrad does not run under torch DataParallel (several GPUs in one process): launch one process "
+                "per GPU with `accelerate launch` (DDP), which projects against the global retain batch."
             )
         unwrapped = self.accelerator.unwrap_model(self.model)
         _refuse_batch_norm(unwrapped)
@@ -381,18 +406,24 @@ class OrthoGradTrainer(UnlearnTrainer):
                     losses = self._capture_vmap(unwrapped, joint, num_forget, ref_log_prob)
             per_sample = self._per_sample
             forget_mask = torch.arange(num_forget + num_retain) < num_forget
-            retain_gram, cross, forget_sq_norm = joint_gram_blocks(per_sample.gram(), forget_mask)
+            if self.args.projection_scope == "global" and self.accelerator.num_processes > 1:
+                # Project against every rank's retain samples; each rank keeps its own samples' coefficients and
+                # the gradient all-reduce, which averages over ranks, sums the parts back (hence the scale).
+                shared = global_gram(flat_per_sample_gradients(per_sample.per_sample_gradients()))
+                forget_mask = all_gather_rows(forget_mask.to(shared.gram.device)).cpu()
+                gram, local_rows, scale = shared.gram, shared.local_rows, float(self.accelerator.num_processes)
+            else:
+                gram, local_rows, scale = per_sample.gram(), slice(0, num_forget + num_retain), 1.0
+            retain_gram, cross, forget_sq_norm = joint_gram_blocks(gram, forget_mask)
             alpha = self.args.retain_weight
             direction = orthograd_direction(
                 retain_gram, cross, alpha, self.args.projection_tolerance, rank_one=self.args.projection == "rank1"
             )
             # d = Σ_i a_i ∇ℓ(r_i) + s·g_f with g_f = (1/m) Σ_j ∇φ(f_j): per-forget-sample coefficient s/m.
-            coefficients = torch.cat(
-                [
-                    retain_gram.new_full((num_forget,), direction.forget_coefficient / num_forget),
-                    direction.retain_coefficients.to(retain_gram),
-                ]
-            )
+            coefficients = retain_gram.new_zeros(gram.shape[0])
+            coefficients[forget_mask.to(gram.device)] = direction.forget_coefficient / int(forget_mask.sum())
+            coefficients[~forget_mask.to(gram.device)] = direction.retain_coefficients.to(retain_gram)
+            coefficients = coefficients[local_rows] * scale
             update = per_sample.combine(coefficients)  # name → d_p
             diagnostics = projection_diagnostics(retain_gram, cross, forget_sq_norm, direction)
         finally:
@@ -427,7 +458,7 @@ class OrthoGradTrainer(UnlearnTrainer):
         if capture.model is not unwrapped:  # the model was replaced (e.g. re-wrapped): re-scan its LoRA layers
             capture = self._per_sample = LoraGradientCapture(unwrapped)
         with capture:
-            phi, losses = self._joint_objective(model, joint, num_forget, ref_log_prob)
+            phi, losses = self._joint_objective(self.surrogate_forward_model(model), joint, num_forget, ref_log_prob)
             self.check_finite(phi.detach(), "per-example loss")
             try:
                 capture.backward(phi)

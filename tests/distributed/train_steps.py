@@ -1,0 +1,98 @@
+"""Train every requested method for a few steps on a tiny GPT-2 + LoRA and save each adapter; used under 1 and 2
+processes by test_equivalence.py. Run as a script (`accelerate launch ... train_steps.py OUT --methods ...`)."""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model_state_dict
+from safetensors.torch import save_file
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `tests.` importable when launched as a script
+
+from hf_unlearn.methods import METHODS  # noqa: E402
+from tests.methods.toy_lm import collate, tiny_gpt2, token_dataset  # noqa: E402
+
+
+# Run name → (method, config overrides): settings that make every term of every objective matter within 3 steps.
+RUNS = {
+    "ga": ("ga", {}),
+    "graddiff": ("graddiff", {"retain_weight": 1.0}),
+    "npo": ("npo", {"retain_weight": 1.0}),
+    "simnpo": ("simnpo", {"retain_weight": 1.0}),
+    "orthograd": ("orthograd", {"retain_weight": 0.5}),
+    "orthograd_local": ("orthograd", {"retain_weight": 0.5, "projection_scope": "local"}),
+    "gru": ("gru", {"retain_weight": 0.5}),
+    "lur": ("lur", {"retain_weight": 1.0, "inner_lr": 0.5}),
+    "lur_first": ("lur", {"retain_weight": 1.0, "inner_lr": 0.5, "meta_order": "first"}),
+}
+
+
+def train(run: str, output_dir: Path, batch_size: int, steps: int) -> dict:
+    method, overrides = RUNS[run]
+    config_cls, trainer_cls = METHODS[method]
+    args = config_cls(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=batch_size,
+        per_device_retain_batch_size=batch_size,
+        max_steps=steps,
+        learning_rate=0.5,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        seed=0,
+        use_cpu=True,
+        overwrite_output_dir=True,  # the initial adapter is written there first
+        logging_steps=1,
+        report_to="none",
+        disable_tqdm=True,
+        **overrides,
+    )
+    trainer = trainer_cls(
+        model=tiny_gpt2(seed=0).double(),
+        args=args,
+        forget_dataset=token_dataset(12, seed=1),
+        retain_dataset=token_dataset(16, seed=2),
+        data_collator=collate,
+        peft_config=LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "c_proj"], init_lora_weights=False),
+    )
+    if trainer.accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_file(get_peft_model_state_dict(trainer.model), str(output_dir / "initial_adapter.safetensors"))
+    trainer.train()
+    trainer.save_model(str(output_dir))
+    return {
+        "world_size": trainer.accelerator.num_processes,
+        "distributed_type": str(trainer.accelerator.distributed_type),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("output_dir", type=Path)
+    parser.add_argument("--runs", nargs="*", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--per_device_batch_size", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--refused", nargs="*", default=[], help="runs expected to refuse this launcher (ValueError)")
+    cli = parser.parse_args()
+    torch.set_num_threads(1)
+    for run in cli.refused:
+        try:
+            train(run, cli.output_dir / run, cli.per_device_batch_size, cli.steps)
+            info = {"error": None}
+        except ValueError as error:
+            info = {"error": str(error)}
+        if int(os.environ.get("RANK", "0")) == 0:
+            (cli.output_dir / f"{run}.refused.json").write_text(json.dumps(info))
+    for run in cli.runs:
+        info = train(run, cli.output_dir / run, cli.per_device_batch_size, cli.steps)
+        if int(os.environ.get("RANK", "0")) == 0:
+            (cli.output_dir / run / "run_info.json").write_text(json.dumps(info))
+
+
+if __name__ == "__main__":
+    main()
