@@ -3,8 +3,10 @@
 Everything here is a no-op on one process, so single-device code paths stay exactly what they were.
 """
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -92,3 +94,27 @@ def zero_stage(accelerator) -> int | None:
     """The DeepSpeed ZeRO stage the accelerator runs, `None` without DeepSpeed."""
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     return None if plugin is None else plugin.zero_stage
+
+
+@contextlib.contextmanager
+def whole_model_loading() -> Iterator[None]:
+    """`from_pretrained` loads whole weights on every process, even under a DeepSpeed ZeRO-3 config.
+
+    transformers otherwise builds models inside `deepspeed.zero.Init` as soon as a ZeRO-3 `TrainingArguments` exists:
+    a collective per parameter, so every rank must load the same models at the same moment, and the models come out
+    partitioned and unusable outside the engine (the exact-retrain reference, an evaluation before `train`). With a
+    LoRA adapter the frozen base fits on each device anyway; the engine partitions it when training starts.
+    """
+    try:
+        from transformers.integrations import deepspeed as hf_deepspeed
+    except ImportError:
+        yield
+        return
+    reference = hf_deepspeed._hf_deepspeed_config_weak_ref
+    config = reference() if reference is not None else None
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if config is not None:
+            hf_deepspeed.set_hf_deepspeed_config(config)

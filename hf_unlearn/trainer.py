@@ -410,17 +410,24 @@ class UnlearnTrainer(Trainer):
     ) -> dict[str, float]:
         """Per-split loss (mean ℓ_i) and, for speech models, WER/CER from greedy `generate`.
 
-        Keys are `<prefix>_<split>_<metric>`, e.g. `eval_forget_wer`, usable as `metric_for_best_model`.
+        Keys are `<prefix>_<split>_<metric>`, e.g. `eval_forget_wer`, usable as `metric_for_best_model`. With
+        `forget` and `retain` splits, `<prefix>_unlearning_score` (see `unlearning_score`) ranks checkpoints by both at
+        once: pass `metric_for_best_model="unlearning_score", greater_is_better=True` with `load_best_model_at_end`.
         """
         eval_dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if eval_dataset is None:
             raise ValueError("evaluate() needs an eval_dataset (a Dataset or a dict of named splits).")
         splits = eval_dataset if isinstance(eval_dataset, dict) else {"": eval_dataset}
         metrics: dict[str, float] = {}
+        per_split: dict[str, dict[str, float]] = {}
         for split_name, dataset in splits.items():
             prefix = f"{metric_key_prefix}_{split_name}" if split_name else metric_key_prefix
-            for key, value in self.evaluate_split(dataset, split_name).items():
+            per_split[split_name] = self.evaluate_split(dataset, split_name)
+            for key, value in per_split[split_name].items():
                 metrics[f"{prefix}_{key}"] = value
+        score = unlearning_score(per_split)
+        if score is not None:
+            metrics[f"{metric_key_prefix}_unlearning_score"] = score
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
@@ -436,8 +443,10 @@ class UnlearnTrainer(Trainer):
             for batch in self.get_eval_dataloader(dataset):
                 batch = self._prepare_inputs(batch)
                 with self.autocast_smart_context_manager():
-                    losses.append(self.per_example_loss(model, batch).float())
-            per_example = self.accelerator.gather_for_metrics(torch.cat(losses))
+                    per_example = self.per_example_loss(model, batch).float()
+                # Per batch: gather_for_metrics drops the duplicates padding the last one only while it is current.
+                losses.append(self.accelerator.gather_for_metrics(per_example))
+            per_example = torch.cat(losses)
             metrics = {"loss": float(per_example.mean())}
             if self.evaluator is not None:
                 metrics.update(self._evaluator_metrics(dataset, split))
@@ -464,6 +473,20 @@ class UnlearnTrainer(Trainer):
         if self.accelerator.num_processes > 1:
             records = gather_object(records)
         return self.evaluator.aggregate(records, split)
+
+
+def unlearning_score(per_split: dict[str, dict[str, float]]) -> float | None:
+    """Forget error minus retain error: higher is better, 0 for a model that treats both alike.
+
+    Uses WER when both splits have it (speech), the mean per-example loss otherwise. `None` without both splits.
+    It is a ranking aid for `load_best_model_at_end`, not a quality measure: the target of unlearning is the
+    exact-retrain model's forget error, not the largest one (compare against it in the report).
+    """
+    forget, retain = per_split.get("forget"), per_split.get("retain")
+    if forget is None or retain is None:
+        return None
+    key = "wer" if "wer" in forget and "wer" in retain else "loss"
+    return float(forget[key] - retain[key])
 
 
 def _is_speech_processor(processing_class: Any) -> bool:

@@ -23,6 +23,7 @@ resolved), `metrics.json` (`{"base"|"retrain"|"unlearned": {split: {"wer", "cer"
 import argparse
 import json
 import os
+import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,6 +70,10 @@ class ScriptArguments:
     )
     cache_dir: str | None = field(
         default=None, metadata={"help": "Cache for the embedded corpus and models (default $HF_UNLEARN_CACHE)."}
+    )
+    prepare_only: bool = field(
+        default=False,
+        metadata={"help": "Only build (and cache) the embedded corpus and reference models, then exit."},
     )
     hub_dry_run_dir: str | None = field(
         default=None,
@@ -162,24 +167,44 @@ def load_data_and_models(script_args: ScriptArguments, seed: int):
     return corpus, processor, model, retrain
 
 
+def prepare_in_one_process(config) -> None:
+    """Several processes: build the caches (corpus, reference models) in a separate single-process run first.
+
+    The references are trained with a `Trainer`, which under a launcher would join the process group (DDP, DeepSpeed)
+    and wait for ranks that are not training it. A clean child process trains exactly what a one-process run would,
+    into the same content-keyed cache; every rank then reads it.
+    """
+    if config.process_index == 0:
+        launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+        env = {k: v for k, v in os.environ.items() if k not in launcher and not k.startswith("ACCELERATE_")}
+        command = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--prepare_only", "true"]
+        subprocess.run(command, env=env, check=True)
+    config.distributed_state.wait_for_everyone()
+
+
 def main(script_args: ScriptArguments, config) -> dict:
     from peft import LoraConfig
 
     from hf_unlearn import METHODS
     from hf_unlearn.data import SpeechSeq2SeqCollator, prepare_speech_dataset
+    from hf_unlearn.distributed import whole_model_loading
     from hf_unlearn.eval.asr import evaluate_asr
     from hf_unlearn.eval.report import metrics_table
     from hf_unlearn.hub import check_card_template, check_push_to_hub
     from hf_unlearn.trainer import check_output_dir
 
+    if script_args.prepare_only:
+        load_data_and_models(script_args, config.seed)
+        return {}
     check_output_dir(config)  # before any minute of corpus or model training is spent
     check_push_to_hub(config)
     check_card_template()
     dry_run_dir = Path(script_args.hub_dry_run_dir) if script_args.hub_dry_run_dir else None
     if dry_run_dir is not None and dry_run_dir.is_dir() and any(dry_run_dir.iterdir()):
         raise FileExistsError(f"--hub_dry_run_dir {str(dry_run_dir)!r} is not empty; pass an empty or new folder.")
-    # One process synthesises the corpus and trains the references; the others then read the caches.
-    with config.main_process_first(desc="corpus and reference models"):
+    if config.world_size > 1:
+        prepare_in_one_process(config)  # every rank below only reads the caches
+    with whole_model_loading():
         corpus, processor, model, retrain_model = load_data_and_models(script_args, config.seed)
     prepared = {split: prepare_speech_dataset(corpus[split], processor) for split in SPLITS if split in corpus}
 

@@ -22,7 +22,7 @@ from tests.methods.toy_lm import tiny_gpt2
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "distributed" / "train_steps.py"
-ALL_RUNS = ["ga", "graddiff", "npo", "simnpo", "orthograd", "gru", "lur", "lur_first"]
+ALL_RUNS = ["ga", "graddiff", "npo", "simnpo", "orthograd", "gru", "lur", "lur_first", "graddiff_eval"]
 
 # config → (runs that must match, runs that must refuse it, (rtol, atol)). DDP all-reduces float64 gradients: only the
 # summation order differs (measured ≤ 5e-14). DeepSpeed reduces gradients in float32 whatever the parameters' dtype
@@ -32,6 +32,8 @@ CONFIGS = {
     "cpu_zero2": (ALL_RUNS, [], (1e-5, 5e-6)),
     "cpu_zero3": (["graddiff", "npo"], ["orthograd", "lur_first"], (1e-5, 5e-6)),
 }
+# Metrics are gathered from shards in dataset order and reduced like one process's: only float rounding differs.
+EVAL_TOLERANCE = {"cpu_ddp": 1e-12, "cpu_zero2": 1e-5}
 
 
 def _run(command: list[str]) -> None:
@@ -79,6 +81,22 @@ def test_two_processes_match_one_process_with_twice_the_batch(one_process, two_p
                 gap = (actual[name] - expected[name]).abs().max().item()
                 mismatches.append(f"{run}: {name} max |Δ| = {gap:.3g}")
     assert not mismatches, f"{config}: 2 processes differ from 1 process:\n" + "\n".join(mismatches)
+
+
+def test_sharded_evaluation_and_best_checkpoint_match_one_process(one_process, two_processes):
+    config, out = two_processes
+    if "graddiff_eval" not in CONFIGS[config][0]:
+        pytest.skip(f"{config} does not run the evaluation scenario")
+    expected = json.loads((one_process / "graddiff_eval" / "run_info.json").read_text())
+    actual = json.loads((out / "graddiff_eval" / "run_info.json").read_text())
+    assert len(actual["evaluations"]) == len(expected["evaluations"]) == 3
+    for one, two in zip(expected["evaluations"], actual["evaluations"], strict=True):
+        keys = [k for k in one if k.startswith("eval_") and "runtime" not in k and "per_second" not in k]
+        assert {"eval_forget_loss", "eval_retain_accuracy", "eval_unlearning_score"} <= set(keys)
+        for key in keys:
+            assert two[key] == pytest.approx(one[key], rel=EVAL_TOLERANCE[config], abs=1e-12), key
+    # load_best_model_at_end restored step 1's checkpoint (not the last step) on every process alike.
+    assert actual["best_step"] == expected["best_step"] == 1
 
 
 def test_unsupported_methods_refuse_the_launcher_by_name(two_processes):

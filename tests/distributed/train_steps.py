@@ -29,7 +29,49 @@ RUNS = {
     "gru": ("gru", {"retain_weight": 0.5}),
     "lur": ("lur", {"retain_weight": 1.0, "inner_lr": 0.5}),
     "lur_first": ("lur", {"retain_weight": 1.0, "inner_lr": 0.5, "meta_order": "first"}),
+    # Evaluation every step on sharded splits, a checkpoint per step, the best one restored at the end. "Best" is the
+    # *lowest* score here only so that it is not the last step (GradDiff's score rises every step): the test then sees
+    # load_best_model_at_end actually restore a checkpoint.
+    "graddiff_eval": (
+        "graddiff",
+        {
+            "retain_weight": 1.0,
+            "eval_strategy": "steps",
+            "eval_steps": 1,
+            "save_strategy": "steps",
+            "save_steps": 1,
+            "load_best_model_at_end": True,
+            "metric_for_best_model": "unlearning_score",
+            "greater_is_better": False,
+            "per_device_eval_batch_size": 2,
+        },
+    ),
 }
+
+
+class NextTokenAccuracy:
+    """A `SplitEvaluator` for the toy LM: greedy next-token accuracy over each example's targets."""
+
+    def per_example(self, model, dataset, batch_size):
+        records = []
+        for start in range(0, len(dataset), batch_size):
+            batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            device = next(model.parameters()).device
+            with torch.no_grad():
+                logits = model(
+                    input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+                ).logits
+            predicted = logits[:, :-1].argmax(-1).cpu()
+            targets = batch["labels"][:, 1:]
+            for row in range(targets.shape[0]):
+                mask = targets[row] != -100
+                records.append(
+                    {"correct": int((predicted[row][mask] == targets[row][mask]).sum()), "tokens": int(mask.sum())}
+                )
+        return records
+
+    def aggregate(self, records, split):
+        return {"accuracy": sum(r["correct"] for r in records) / sum(r["tokens"] for r in records)}
 
 
 def train(run: str, output_dir: Path, batch_size: int, steps: int) -> dict:
@@ -52,8 +94,11 @@ def train(run: str, output_dir: Path, batch_size: int, steps: int) -> dict:
         disable_tqdm=True,
         **overrides,
     )
+    evaluates = overrides.get("eval_strategy") == "steps"
     trainer = trainer_cls(
         model=tiny_gpt2(seed=0).double(),
+        eval_dataset={"forget": token_dataset(5, seed=1), "retain": token_dataset(7, seed=2)} if evaluates else None,
+        evaluator=NextTokenAccuracy() if evaluates else None,
         args=args,
         forget_dataset=token_dataset(12, seed=1),
         retain_dataset=token_dataset(16, seed=2),
@@ -65,9 +110,13 @@ def train(run: str, output_dir: Path, batch_size: int, steps: int) -> dict:
         save_file(get_peft_model_state_dict(trainer.model), str(output_dir / "initial_adapter.safetensors"))
     trainer.train()
     trainer.save_model(str(output_dir))
+    evaluations = [entry for entry in trainer.state.log_history if "eval_unlearning_score" in entry]
     return {
         "world_size": trainer.accelerator.num_processes,
         "distributed_type": str(trainer.accelerator.distributed_type),
+        "evaluations": evaluations,
+        "best_metric": trainer.state.best_metric,
+        "best_step": trainer.state.best_global_step,
     }
 
 
