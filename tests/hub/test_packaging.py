@@ -1,4 +1,4 @@
-"""The model card template ships in the wheel: a non-editable install must be able to build a trainer."""
+"""What a wheel must carry: the card template (every trainer renders it), the CLI preset and the console script."""
 
 import shutil
 import subprocess
@@ -40,3 +40,12 @@ def test_wheel_contains_the_template(tmp_path):
     relative = DEFAULT_TEMPLATE.relative_to(REPO).as_posix()
     assert relative in names
     assert zipfile.ZipFile(wheel).read(relative) == DEFAULT_TEMPLATE.read_bytes()
+    assert "hf_unlearn/recipes/whisper_tiny.yaml" in names  # `hf-unlearn unlearn`'s default preset
+    (entry_points,) = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
+    assert "hf-unlearn = hf_unlearn.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_recipe_preset_link_points_at_the_packaged_default():
+    from hf_unlearn.recipes.whisper import DEFAULT_CONFIG
+
+    assert (REPO / "recipes" / "whisper_tiny.yaml").resolve() == DEFAULT_CONFIG.resolve()
