@@ -68,3 +68,11 @@ def test_python_dash_m_entry_point():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "unlearn" in result.stdout and "report" in result.stdout and "env" in result.stdout
+
+
+@pytest.mark.parametrize("program", ["/home/me/.venv/bin/hf-unlearn", "/src/repo/hf_unlearn/__main__.py"])
+def test_card_command_names_the_cli_not_its_install_path(program):
+    from hf_unlearn.hub.model_card import reproduce_command
+
+    assert reproduce_command([program, "unlearn", "--method", "lur"]) == "hf-unlearn unlearn --method lur"
+    assert reproduce_command(["recipes/unlearn_whisper.py", "--x"]) == "python recipes/unlearn_whisper.py --x"

@@ -162,6 +162,10 @@ def reproduce_command(argv: Sequence[str] | None = None) -> str | None:
     argv = list(sys.argv if argv is None else argv)
     if not argv or argv[0] in ("", "-", "-c") or "ipykernel" in argv[0]:
         return None
+    program = Path(argv[0])
+    if program.name == "hf-unlearn" or (program.name == "__main__.py" and program.parent.name == "hf_unlearn"):
+        # The console script (or `python -m hf_unlearn`): its install path would only publish the author's disk.
+        argv = ["hf-unlearn", *argv[1:]]
     prefix = ["python"] if argv[0].endswith(".py") else []
     return " ".join(shlex.quote(part) for part in prefix + argv)
 
