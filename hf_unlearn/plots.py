@@ -147,11 +147,14 @@ def plot_tradeoff(
     forget_split: str = "forget",
     retain_split: str = "retain",
     title: str | None = None,
+    axis_limit: float | None = None,
 ) -> Path:
     """Forget vs retain `metric` of each run's unlearned model (label → `metrics.json`), with base and exact retrain.
 
     The goal is the exact-retrain point: forget as high as retrain's, retain as low as base's. Base and retrain are
-    taken from the first run that has them (every run of one benchmark shares them).
+    taken from the first run that has them (every run of one benchmark shares them). With `axis_limit`, a run beyond
+    it (a diverged model's WER can reach 5) is drawn on the edge with its true values written beside it, so it does
+    not squash every other point into a corner.
     """
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6.5, 4.5), constrained_layout=True)
@@ -160,7 +163,13 @@ def plot_tradeoff(
         point = results.get("unlearned", {})
         if metric in point.get(forget_split, {}) and metric in point.get(retain_split, {}):
             x, y = point[retain_split][metric], point[forget_split][metric]
+            off_scale = axis_limit is not None and max(x, y) > axis_limit
+            if off_scale:
+                label = f"{label} (off scale: {x:.2f}, {y:.2f})"
+                x, y = min(x, axis_limit), min(y, axis_limit)
             axis.scatter(x, y, s=60, marker=markers[index % len(markers)], label=label, zorder=3)
+            if off_scale:
+                axis.annotate("off scale", (x, y), textcoords="offset points", xytext=(-50, -4), fontsize="small")
     references = {
         "base": dict(color="black", marker="x", s=80),
         "retrain": dict(color="gold", marker="*", s=220, edgecolors="black", linewidths=0.8),
@@ -169,6 +178,10 @@ def plot_tradeoff(
         found = next((results[reference] for results in runs.values() if reference in results), None)
         if found and metric in found.get(forget_split, {}) and metric in found.get(retain_split, {}):
             axis.scatter(found[retain_split][metric], found[forget_split][metric], zorder=4, label=reference, **style)
+    if axis_limit is not None:
+        margin = 0.04 * axis_limit
+        axis.set_xlim(-margin, axis_limit + margin)
+        axis.set_ylim(-margin, axis_limit + margin)
     name = metric.upper() if metric == "wer" else metric
     axis.set_xlabel(f"{retain_split} {name} (lower: less collateral damage)")
     axis.set_ylabel(f"{forget_split} {name} (higher: more forgotten)")
