@@ -77,3 +77,10 @@ def test_two_methods_on_the_tiny_corpus(compare, tmp_path):
     assert "| graddiff |" in table and "| lur |" in table and "| *exact retrain* |" in table
     assert_png(results_dir / "compare_methods_speech_tradeoff.png")
     assert_png(results_dir / "compare_methods_speech_conflict.png")  # LUR logs lur/grad_cosine
+
+    (results_dir / "compare_methods_speech.md").unlink()
+    assert (
+        compare.main(["--plot_only", "--runs_dir", str(tmp_path / "runs"), "--output_dir", str(results_dir)])
+        == written
+    )
+    assert (results_dir / "compare_methods_speech.md").read_text() == table

@@ -87,3 +87,19 @@ def test_write_run_plots_reads_a_saved_run(tmp_path):
 def test_write_run_plots_needs_the_trainer_state(tmp_path):
     with pytest.raises(FileNotFoundError, match="trainer_state.json"):
         plots.write_run_plots(tmp_path)
+
+
+def test_tradeoff_draws_off_scale_runs_on_the_edge_with_their_values(tmp_path, monkeypatch):
+    diverged = json.loads(json.dumps(METRICS))
+    diverged["unlearned"]["forget"]["wer"] = 5.5
+    labels = []
+    real_scatter = plots._pyplot().Axes.scatter
+
+    def scatter(axis, x, y, *args, **kwargs):
+        labels.append((kwargs.get("label"), x, y))
+        return real_scatter(axis, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(plots._pyplot().Axes, "scatter", scatter)
+    assert_png(plots.plot_tradeoff({"ok": METRICS, "lur": diverged}, tmp_path / "t.png", axis_limit=1.2))
+    assert ("ok", 0.1, 0.9) in labels
+    assert ("lur (off scale: 0.10, 5.50)", 0.1, 1.2) in labels
