@@ -1,16 +1,13 @@
 """`UnlearnTrainer`: the forget/retain plumbing every method shares. No unlearning maths lives here."""
 
 import os
-import shutil
 from collections import defaultdict
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate.utils import gather_object
 from datasets import Dataset
-from huggingface_hub import ModelCardData
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 from transformers import PreTrainedModel, Trainer, TrainerCallback, set_seed
@@ -19,6 +16,7 @@ from .configs import UnlearnConfig
 from .distributed import check_process_count
 from .eval.evaluator import ASREvaluator, ShardPlan, SplitEvaluator
 from .hub import model_card as hub_card
+from .hub import trainer_card
 from .losses import model_per_example_loss
 
 
@@ -75,7 +73,7 @@ class UnlearnTrainer(Trainer):
     _tag_names = ["hf-unlearn", "unlearning"]
     # Seed paper of the method ({"title", "id" (arXiv), optional "bibtex"}), cited in the model card.
     _paper: dict[str, str] | None = None
-    # Jinja template of the model card; `None` is `model_cards/unlearned_model.md`.
+    # Jinja template of the model card; `None` is the packaged `hf_unlearn/hub/templates/unlearned_model.md`.
     _card_template: str | os.PathLike | None = None
     # Per-example losses are already means (DESIGN §1); the Trainer divides by the accumulation steps itself.
     loss_is_scaled_for_ga = False
@@ -265,12 +263,7 @@ class UnlearnTrainer(Trainer):
             command (`str`, *optional*):
                 The command that reproduces the run; defaults to this process's `sys.argv`.
         """
-        if metrics is not None:
-            self._card_info["metrics"] = {name: dict(per_split) for name, per_split in metrics.items()}
-        if datasets is not None:
-            self._card_info["datasets"] = list(datasets)
-        if command is not None:
-            self._card_info["command"] = command
+        trainer_card.update_card_info(self._card_info, metrics=metrics, datasets=datasets, command=command)
 
     def create_model_card(
         self,
@@ -282,71 +275,29 @@ class UnlearnTrainer(Trainer):
         output_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
-        """Write `README.md`: base model, method and hyperparameters, forget-set fingerprint, metrics, citation.
+        """Write `README.md` (base model, method, forget-set fingerprint, metrics, citation) on the main process.
 
-        Replaces the generic card of [`~transformers.Trainer.create_model_card`] (and the one
-        `PeftModel.save_pretrained` writes) with one that says what was unlearned and how, rendered from
-        `model_cards/unlearned_model.md`.
-        `push_to_hub` calls it before uploading; `save_model` and checkpoints call it too, so every saved folder
-        carries a card. Other arguments `push_to_hub` forwards (`finetuned_from`, `tasks`, ...) are ignored.
-
-        Args:
-            model_name (`str`, *optional*):
-                Title of the card; defaults to the last part of `hub_model_id`, else the output folder's name.
-            tags (`str` or `list[str]`, *optional*):
-                Tags added to the method's own (`unlearning`, `hf-unlearn`, the method).
-            dataset (`str` or `list[str]`, *optional*):
-                Dataset ids for the metadata (overrides `set_card_info(datasets=...)`).
-            language, license (*optional*):
-                Metadata fields.
-            output_dir (`str`, *optional*):
-                Folder to write `README.md` into; defaults to `args.output_dir`.
+        Replaces the generic card of [`~transformers.Trainer.create_model_card`] (and peft's); `push_to_hub`,
+        `save_model` and checkpoints call it, so every saved folder carries a card. `model_name` defaults to the last
+        part of `hub_model_id` (else the folder's name), `dataset` to `set_card_info(datasets=...)`, `output_dir` to
+        `args.output_dir`; other arguments `push_to_hub` forwards are ignored. See
+        [`hf_unlearn.hub.trainer_card.write_model_card`].
         """
         if not self.is_world_process_zero():
             return
-        output_dir = output_dir or self.args.output_dir
-        if model_name is None:
-            model_name = (self.args.hub_model_id or Path(output_dir).absolute().name).split("/")[-1]
-        extra_tags = [tags] if isinstance(tags, str) else list(tags or [])
-        datasets = [dataset] if isinstance(dataset, str) else dataset
-        datasets = datasets if datasets is not None else self._card_info["datasets"]
-
-        from peft import PeftModel
-
-        model = self.accelerator.unwrap_model(self.model)
-        is_peft = isinstance(model, PeftModel)
-        base = model.get_base_model() if is_peft else model
-        base_model = getattr(getattr(base, "config", None), "_name_or_path", None) or None
-        peft_config = model.peft_config.get("default", next(iter(model.peft_config.values()))) if is_peft else None
         if self._forget_fingerprint is None:
             self._forget_fingerprint = hub_card.forget_fingerprint(self.train_dataset)
-
-        context = hub_card.model_card_context(
-            model_name=model_name,
-            method=self._name,
-            base_model=base_model,
-            hyperparameters=hub_card.method_hyperparameters(self.args),
-            training=hub_card.training_settings(self.args, self.accelerator.num_processes),
-            adapter=hub_card.adapter_settings(peft_config),
+        trainer_card.write_model_card(
+            self,
+            output_dir or self.args.output_dir,
+            card_info=self._card_info,
             forget=self._forget_fingerprint,
-            metrics=self._card_info["metrics"],
-            paper=self._paper,
-            versions=hub_card.library_versions(),
-            command=self._card_info["command"],
-            datasets=[name for name in datasets or [] if hub_card.hub_id_or_none(name)],
-        )
-        card_data = ModelCardData(
             model_name=model_name,
-            base_model=context["base_model_id"],
-            library_name="peft" if is_peft else "transformers",
-            tags=list(dict.fromkeys([*self._tag_names, *extra_tags])),
-            datasets=context["datasets"],
+            tags=tags,
+            dataset=dataset,
             language=language,
             license=license,
         )
-        card = hub_card.render_model_card(card_data, context, self._card_template)
-        os.makedirs(output_dir, exist_ok=True)
-        card.save(os.path.join(output_dir, "README.md"))
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """[`~transformers.Trainer.save_model`], then the model card beside the weights (peft's own card replaced)."""
@@ -361,44 +312,11 @@ class UnlearnTrainer(Trainer):
         super()._save_checkpoint(model, trial)
 
     def save_for_hub(self, folder: str | os.PathLike) -> list[str]:
-        """Dry run of [`~transformers.Trainer.push_to_hub`]: write into `folder` exactly the files it would upload.
+        """Write into `folder` exactly the files `push_to_hub` would upload, without network; returns their paths.
 
-        `push_to_hub` saves the model into `output_dir`, writes the card and uploads `output_dir` except `_*`,
-        `checkpoint-*` and `.git`. This does the same into `folder` without any network: the files already in
-        `output_dir` that would be uploaded are copied, then the model is saved over them (adapter
-        `adapter_model.safetensors` + `adapter_config.json`, or the full weights), with the processor/tokenizer files,
-        `training_args.bin` and the `README.md` card. Inspect the folder (or `huggingface_hub.ModelCard.load` its
-        card) before a real push; `huggingface-cli upload REPO folder` uploads it as is.
-
-        Recipes: `--hub_dry_run_dir DIR`.
-
-        Args:
-            folder (`str` or `os.PathLike`):
-                An empty or missing folder, not `output_dir` itself.
-
-        Returns:
-            `list[str]`: the paths, relative to `folder`, that would be uploaded.
+        Recipes: `--hub_dry_run_dir DIR`. See [`hf_unlearn.hub.trainer_card.save_for_hub`].
         """
-        folder = Path(folder)
-        if folder.absolute() == Path(self.args.output_dir).absolute():
-            raise ValueError("save_for_hub needs a folder other than output_dir: it mirrors what would be uploaded.")
-        if folder.is_dir() and any(folder.iterdir()):
-            raise FileExistsError(f"save_for_hub folder {str(folder)!r} is not empty; pass an empty or new folder.")
-        if self.is_world_process_zero():
-            folder.mkdir(parents=True, exist_ok=True)
-            source = Path(self.args.output_dir)
-            if source.is_dir():
-                for relative in hub_card.upload_file_list(source):
-                    (folder / relative).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(source / relative, folder / relative)
-        self.save_model(str(folder), _internal_call=True)  # all processes: sharded models gather here
-        model_tags = getattr(self.accelerator.unwrap_model(self.model), "model_tags", None)
-        self.create_model_card(
-            model_name=(self.args.hub_model_id or Path(self.args.output_dir).absolute().name).split("/")[-1],
-            tags=list(model_tags or []),
-            output_dir=str(folder),
-        )
-        return hub_card.upload_file_list(folder) if folder.is_dir() else []
+        return trainer_card.save_for_hub(self, folder)
 
     # ------------------------------------------------------------------ evaluation
 

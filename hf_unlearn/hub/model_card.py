@@ -1,9 +1,10 @@
 """The model card of an unlearned model, and the checks that make a Hub push fail before training, not after it.
 
-The card is rendered from a Jinja template (`model_cards/unlearned_model.md`) with `huggingface_hub.ModelCardData`
-for the YAML metadata, so the Hub parses it exactly as `huggingface_hub.ModelCard.load` does. The trainer-facing
-entry points are `UnlearnTrainer.create_model_card`, `UnlearnTrainer.set_card_info` and
-`UnlearnTrainer.save_for_hub`; this module holds the pieces they share with the recipes.
+The card is rendered from a Jinja template (`hf_unlearn/hub/templates/unlearned_model.md`, shipped in the wheel;
+`model_cards/unlearned_model.md` at the repository root links to it) with `huggingface_hub.ModelCardData` for the
+YAML metadata, so the Hub parses it exactly as `huggingface_hub.ModelCard.load` does. The trainer-facing entry points
+are `UnlearnTrainer.create_model_card`, `UnlearnTrainer.set_card_info` and `UnlearnTrainer.save_for_hub` (their
+bodies live in `trainer_card.py`); this module holds the pieces they share with the recipes.
 """
 
 import hashlib
@@ -24,8 +25,8 @@ from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, HFValidationError, fi
 from transformers import TrainingArguments
 
 
-# The repository root's `model_cards/` (editable installs and source checkouts).
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / "unlearned_model.md"
+# Package data, so wheel installs have it too (the repository's `model_cards/unlearned_model.md` is a link to it).
+DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "unlearned_model.md"
 # What `Trainer.push_to_hub` / `_push_from_checkpoint` leave out of the upload of `output_dir`.
 TRAINER_IGNORE_PATTERNS = ["_*", "checkpoint-*"]
 # `TrainingArguments` fields that say how the unlearning run was trained (the rest are I/O and logging).
@@ -161,6 +162,10 @@ def reproduce_command(argv: Sequence[str] | None = None) -> str | None:
     argv = list(sys.argv if argv is None else argv)
     if not argv or argv[0] in ("", "-", "-c") or "ipykernel" in argv[0]:
         return None
+    program = Path(argv[0])
+    if program.name == "hf-unlearn" or (program.name == "__main__.py" and program.parent.name == "hf_unlearn"):
+        # The console script (or `python -m hf_unlearn`): its install path would only publish the author's disk.
+        argv = ["hf-unlearn", *argv[1:]]
     prefix = ["python"] if argv[0].endswith(".py") else []
     return " ".join(shlex.quote(part) for part in prefix + argv)
 

@@ -1,0 +1,8 @@
+"""`python -m hf_unlearn`: the `hf-unlearn` command line."""
+
+import sys
+
+from .cli import main
+
+
+sys.exit(main())

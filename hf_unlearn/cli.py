@@ -1,0 +1,123 @@
+"""`hf-unlearn`: the command line, in the style of `trl` and `transformers env`.
+
+    hf-unlearn unlearn [--recipe whisper] [--config recipes/whisper_tiny.yaml] [--method lur] [any config field ...]
+    hf-unlearn report OUTPUT_DIR [--no-plots]
+    hf-unlearn env
+
+`unlearn` forwards everything after it to the recipe's own parser (`hf-unlearn unlearn --help` lists every field),
+so a command line works the same with `accelerate launch recipes/unlearn_whisper.py`. Multi-process runs go through
+`accelerate launch`, which the CLI does not wrap.
+"""
+
+import argparse
+import importlib
+import json
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+
+# Recipe name → module with `run(argv) -> metrics`; a text recipe plugs in here.
+RECIPES = {"whisper": "hf_unlearn.recipes.whisper"}
+ENV_PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "datasets",
+    "huggingface_hub",
+    "tokenizers",
+    "jiwer",
+    "deepspeed",
+    "matplotlib",
+)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-unlearn", description="Make a transformers model forget chosen data.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    unlearn = commands.add_parser(
+        "unlearn",
+        help="Run an unlearning recipe (the arguments after it go to the recipe).",
+        description="Run an unlearning recipe in this process; every other argument goes to the recipe's parser.",
+        add_help=False,  # `--help` goes to the recipe, which knows the fields
+    )
+    unlearn.add_argument("--recipe", choices=sorted(RECIPES), default="whisper", help="Which recipe to run.")
+
+    report = commands.add_parser("report", help="Print a run's metrics table and (re)draw its plots.")
+    report.add_argument("output_dir", type=Path, help="A recipe's output folder (holds metrics.json).")
+    report.add_argument("--no-plots", dest="plots", action="store_false", help="Only print the table.")
+
+    commands.add_parser("env", help="Print versions and platform, to paste into a bug report.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `hf-unlearn` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, rest = make_parser().parse_known_args(argv)
+    if args.command == "unlearn":
+        importlib.import_module(RECIPES[args.recipe]).run(rest)
+        return 0
+    if rest:
+        make_parser().error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "report":
+        return report(args.output_dir, plots=args.plots)
+    print(environment_report())
+    return 0
+
+
+def report(output_dir: Path, plots: bool = True) -> int:
+    """Print the `metrics.json` table of a run and write its plots beside it."""
+    from .eval.report import metrics_table
+
+    metrics_file = output_dir / "metrics.json"
+    if not metrics_file.is_file():
+        print(f"hf-unlearn report: {metrics_file} not found; pass a recipe's output_dir.", file=sys.stderr)
+        return 1
+    results = json.loads(metrics_file.read_text())
+    print(metrics_table(results))
+    if plots:
+        from .plots import write_run_plots
+
+        try:
+            written = write_run_plots(output_dir)
+        except FileNotFoundError as error:
+            print(f"No plots: {error}", file=sys.stderr)
+            return 0
+        for path in written:
+            print(f"wrote {path}")
+    return 0
+
+
+def environment_report() -> str:
+    """Versions of Python, the platform, hf-unlearn and the libraries it runs on, as a markdown list."""
+    import hf_unlearn
+
+    lines = [
+        f"- `hf-unlearn` version: {hf_unlearn.__version__}",
+        f"- Platform: {platform.platform()}",
+        f"- Python version: {platform.python_version()}",
+    ]
+    for name in ENV_PACKAGES:
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            version = "not installed"
+        lines.append(f"- {name} version: {version}")
+    try:
+        import torch
+
+        accelerator = (
+            f"CUDA {torch.version.cuda}, {torch.cuda.device_count()} GPU(s)" if torch.cuda.is_available() else "none"
+        )
+        lines.append(f"- Accelerator: {accelerator}")
+    except ImportError:
+        pass
+    return "\n".join(["Copy-and-paste the text below in your GitHub issue.", "", *lines])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

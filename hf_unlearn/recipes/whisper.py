@@ -1,0 +1,290 @@
+"""Unlearn one speaker from a Whisper model: the code behind `recipes/unlearn_whisper.py` and `hf-unlearn unlearn`.
+
+    # The embedded default (synthetic speakers, a tiny Whisper trained here; no network, a few minutes on a CPU):
+    accelerate launch recipes/unlearn_whisper.py
+    hf-unlearn unlearn                      # the same, one process
+
+    # Another method, another speaker, overrides on top of the YAML preset:
+    accelerate launch recipes/unlearn_whisper.py --method npo --forget_speaker speaker_3 --max_steps 60
+
+    # A real checkpoint and dataset (Hub id or local path; columns audio / text / speaker_id):
+    accelerate launch recipes/unlearn_whisper.py --model_name_or_path openai/whisper-small \
+        --dataset_name ./my_speech_dataset --forget_speaker 1234 --output_dir outputs/whisper-small-forget-1234
+
+    # Push the adapter, processor and model card (checked before any training: needs a token and a repo id):
+    accelerate launch recipes/unlearn_whisper.py --push_to_hub --hub_model_id your-name/whisper-tiny-forget-speaker0
+    # ... or write exactly what would be uploaded into a folder, without any network:
+    accelerate launch recipes/unlearn_whisper.py --hub_dry_run_dir outputs/hub_upload
+
+Writes to `output_dir`: the LoRA adapter (safetensors), the processor, `unlearn_config.json` (everything that was
+resolved), `metrics.json` (`{"base"|"retrain"|"unlearned": {split: {"wer", "cer"}}}`), `trainer_state.json`
+(per-step losses, evaluations and method diagnostics), the plots of `hf_unlearn.plots` (PNG) and the model card
+`README.md`, and prints the table. The code lives in the package (not in `recipes/`) so that the `hf-unlearn` CLI
+and `benchmarks/compare_methods.py` run exactly this code path from any install.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+
+if TYPE_CHECKING:
+    from transformers import HfArgumentParser
+
+    from hf_unlearn.configs import UnlearnConfig
+
+# Package data, so that `hf-unlearn unlearn` has its default from a wheel too; `recipes/whisper_tiny.yaml` links here.
+DEFAULT_CONFIG = Path(__file__).with_name("whisper_tiny.yaml")
+SPLITS = ("forget", "forget_test", "retain", "test")
+
+
+@dataclass
+class ScriptArguments:
+    """What to unlearn from which model; everything else is the method's config."""
+
+    method: str = field(
+        default="graddiff", metadata={"help": "Unlearning method: ga, graddiff, npo, simnpo, orthograd, gru, lur."}
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Whisper checkpoint (Hub id or local dir). Default: the embedded tiny Whisper, trained here."
+        },
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Speech dataset (Hub name or local dir) with audio/text/speaker columns. Default: embedded."
+        },
+    )
+    forget_speaker: str = field(default="speaker_0", metadata={"help": "Speaker whose utterances are forgotten."})
+    audio_column: str = field(default="audio", metadata={"help": "Audio column of a user dataset."})
+    text_column: str = field(default="text", metadata={"help": "Transcript column of a user dataset."})
+    speaker_column: str = field(default="speaker_id", metadata={"help": "Speaker column of a user dataset."})
+    corpus_preset: str = field(
+        default="default", metadata={"help": "Size of the embedded corpus.", "choices": ["default", "tiny"]}
+    )
+    train_retrain_reference: bool = field(
+        default=True, metadata={"help": "Embedded default: also train (and cache) the exact-retrain reference."}
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+        metadata={"help": "Modules that get a LoRA adapter."},
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Cache for the embedded corpus and models (default $HF_UNLEARN_CACHE)."}
+    )
+    prepare_only: bool = field(
+        default=False,
+        metadata={"help": "Only build (and cache) the embedded corpus and reference models, then exit."},
+    )
+    hub_dry_run_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Write the files push_to_hub would upload (adapter, processor, card) into this empty folder."
+        },
+    )
+
+
+def make_parser(method: str) -> "HfArgumentParser":
+    """`HfArgumentParser` over `ScriptArguments` and the method's config (its fields are the method's flags)."""
+    from transformers import HfArgumentParser
+
+    from hf_unlearn import METHODS
+
+    if method not in METHODS:
+        raise SystemExit(f"Unknown --method {method!r}; choose one of {sorted(METHODS)}.")
+    return HfArgumentParser((ScriptArguments, METHODS[method][0]))
+
+
+def parse_args(argv: list[str]) -> tuple[ScriptArguments, "UnlearnConfig"]:
+    """YAML preset (`--config`, default the embedded one) first, command line on top (argparse keeps the last flag)."""
+    import yaml
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=str(DEFAULT_CONFIG))
+    pre.add_argument("--method")
+    known, rest = pre.parse_known_args(argv)
+    preset = yaml.safe_load(Path(known.config).read_text()) or {}
+    preset_method = preset.pop("method", "graddiff")
+    method = known.method or preset_method
+    if method != preset_method and "retain_weight" in preset:
+        # retain_weight means λ, α or γ depending on the method: a preset's value is only valid for its own method.
+        print(
+            f"Ignoring retain_weight={preset.pop('retain_weight')} from {known.config} (set for {preset_method}); "
+            f"{method} uses its own default unless --retain_weight is given.",
+            file=sys.stderr,
+        )
+    preset.setdefault("output_dir", f"outputs/whisper_tiny-{method}")
+    return make_parser(method).parse_args_into_dataclasses(args=_to_argv(preset) + ["--method", method] + rest)
+
+
+def _to_argv(values: dict) -> list[str]:
+    argv = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, list):
+            argv += [f"--{key}", *map(str, value)]
+        else:
+            argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return argv
+
+
+def load_data_and_models(script_args: ScriptArguments, seed: int):
+    """(corpus, processor, base model, exact-retrain model or None)."""
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from hf_unlearn.data import SpeechCorpusConfig, build_speech_corpus, load_user_speech_dataset
+    from hf_unlearn.models.reference import ReferenceTrainingConfig, train_reference_model
+
+    if script_args.dataset_name is not None:
+        corpus = load_user_speech_dataset(
+            script_args.dataset_name,
+            forget_speaker=script_args.forget_speaker,
+            audio_column=script_args.audio_column,
+            text_column=script_args.text_column,
+            speaker_column=script_args.speaker_column,
+        )
+    else:
+        corpus_config = SpeechCorpusConfig.tiny() if script_args.corpus_preset == "tiny" else SpeechCorpusConfig()
+        corpus = build_speech_corpus(corpus_config, script_args.forget_speaker, cache_dir=script_args.cache_dir)
+
+    if script_args.model_name_or_path is not None:
+        processor = WhisperProcessor.from_pretrained(script_args.model_name_or_path)
+        model = WhisperForConditionalGeneration.from_pretrained(script_args.model_name_or_path)
+        return corpus, processor, model, None
+
+    if script_args.dataset_name is not None:
+        raise SystemExit("A user dataset needs --model_name_or_path: the embedded tiny Whisper only knows its corpus.")
+    tiny = script_args.corpus_preset == "tiny"
+    training = ReferenceTrainingConfig.tiny(seed=seed) if tiny else ReferenceTrainingConfig(seed=seed)
+    base_path = train_reference_model(corpus, "base", training_config=training, cache_dir=script_args.cache_dir)
+    retrain_path = None
+    if script_args.train_retrain_reference:
+        retrain_path = train_reference_model(
+            corpus, "retrain", training_config=training, cache_dir=script_args.cache_dir
+        )
+    processor = WhisperProcessor.from_pretrained(base_path)
+    model = WhisperForConditionalGeneration.from_pretrained(base_path)
+    retrain = WhisperForConditionalGeneration.from_pretrained(retrain_path) if retrain_path else None
+    return corpus, processor, model, retrain
+
+
+def prepare_in_one_process(script_args: ScriptArguments, config: "UnlearnConfig") -> None:
+    """Several processes: build the caches (corpus, reference models) in a separate single-process run first.
+
+    The references are trained with a `Trainer`, which under a launcher would join the process group (DDP, DeepSpeed)
+    and wait for ranks that are not training it. A clean child process trains exactly what a one-process run would,
+    into the same content-keyed cache; every rank then reads it.
+    """
+    if config.process_index == 0:
+        launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+        env = {k: v for k, v in os.environ.items() if k not in launcher and not k.startswith("ACCELERATE_")}
+        fields = {**asdict(script_args), "prepare_only": True, "seed": config.seed, "output_dir": config.output_dir}
+        command = [sys.executable, "-m", "hf_unlearn.recipes.whisper", *_to_argv(fields)]
+        subprocess.run(command, env=env, check=True)
+    config.distributed_state.wait_for_everyone()
+
+
+def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dict[str, dict[str, float]]]:
+    """Train, evaluate and save one unlearning run; returns the `metrics.json` content (on every process)."""
+    from peft import LoraConfig
+
+    from hf_unlearn import METHODS
+    from hf_unlearn.data import SpeechSeq2SeqCollator, prepare_speech_dataset
+    from hf_unlearn.distributed import whole_model_loading
+    from hf_unlearn.eval.asr import evaluate_asr
+    from hf_unlearn.eval.report import metrics_table
+    from hf_unlearn.hub import check_card_template, check_push_to_hub
+    from hf_unlearn.plots import write_run_plots
+    from hf_unlearn.trainer import check_output_dir
+
+    if script_args.prepare_only:
+        load_data_and_models(script_args, config.seed)
+        return {}
+    check_output_dir(config)  # before any minute of corpus or model training is spent
+    check_push_to_hub(config)
+    check_card_template()
+    dry_run_dir = Path(script_args.hub_dry_run_dir) if script_args.hub_dry_run_dir else None
+    if dry_run_dir is not None and dry_run_dir.is_dir() and any(dry_run_dir.iterdir()):
+        raise FileExistsError(f"--hub_dry_run_dir {str(dry_run_dir)!r} is not empty; pass an empty or new folder.")
+    if config.world_size > 1:
+        prepare_in_one_process(script_args, config)  # every rank below only reads the caches
+    with whole_model_loading():
+        corpus, processor, model, retrain_model = load_data_and_models(script_args, config.seed)
+    prepared = {split: prepare_speech_dataset(corpus[split], processor) for split in SPLITS if split in corpus}
+
+    trainer_cls = METHODS[script_args.method][1]
+    trainer = trainer_cls(
+        model=model,
+        args=config,
+        forget_dataset=prepared["forget"],
+        retain_dataset=prepared["retain"],
+        eval_dataset=prepared,
+        data_collator=SpeechSeq2SeqCollator(processor),
+        processing_class=processor,
+        peft_config=LoraConfig(
+            r=script_args.lora_r,
+            lora_alpha=script_args.lora_alpha,
+            target_modules=script_args.lora_target_modules,
+            lora_dropout=0.0,
+        ),
+    )
+
+    def asr_metrics(prefix_metrics: dict) -> dict:
+        return {split: {m: prefix_metrics[f"eval_{split}_{m}"] for m in ("wer", "cer", "loss")} for split in prepared}
+
+    # The fresh adapter is a no-op (peft initialises lora_B to zero), so this scores the base model.
+    results = {"base": asr_metrics(trainer.evaluate())}
+    if retrain_model is not None:
+        retrain_model.to(trainer.args.device)
+        results["retrain"] = {
+            split: evaluate_asr(
+                retrain_model, processor, data, config.per_device_eval_batch_size, config.generation_max_new_tokens
+            )
+            for split, data in prepared.items()
+        }
+    datasets = [script_args.dataset_name] if script_args.dataset_name else None
+    trainer.set_card_info(metrics=results, datasets=datasets)  # checkpoint cards show base/retrain already
+    trainer.train()
+    # An evaluation at the last step (eval_strategy="steps") already scored the final model: reuse it.
+    final = next((e for e in reversed(trainer.state.log_history) if "eval_forget_wer" in e), None)
+    if final is None or final.get("step") != trainer.state.global_step:
+        final = trainer.evaluate()
+    results["unlearned"] = asr_metrics(final)
+    trainer.set_card_info(metrics=results)
+
+    if trainer.is_world_process_zero():
+        output_dir = Path(config.output_dir)
+        (output_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+        trainer.state.save_to_json(str(output_dir / "trainer_state.json"))  # per-step losses and diagnostics
+        resolved = {"script": asdict(script_args), "config": json.loads(config.to_json_string())}
+        (output_dir / "unlearn_config.json").write_text(json.dumps(resolved, indent=2))
+        write_run_plots(output_dir)  # training curves (and gradient conflict, when the method logs it)
+    # After the files above, so that --push_to_hub uploads them with the adapter, processor and card.
+    trainer.save_model(config.output_dir)
+    if dry_run_dir is not None:
+        uploaded = trainer.save_for_hub(dry_run_dir)
+        if trainer.is_world_process_zero():
+            print(f"Dry run: {len(uploaded)} files that push_to_hub would upload written to {dry_run_dir}")
+    if trainer.is_world_process_zero():
+        print(metrics_table(results))
+    return results
+
+
+def run(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """Parse `argv` (default `sys.argv[1:]`) as the recipe's command line and run it: the scripts' entry point."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return main(*parse_args(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    run()

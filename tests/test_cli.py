@@ -1,0 +1,78 @@
+"""`hf-unlearn` subcommands, run in-process through `main(argv)`; one subprocess check of `python -m hf_unlearn`."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hf_unlearn import cli, plots
+
+from .test_plots import METRICS, assert_png, log_history
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_env_lists_versions(capsys):
+    assert cli.main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert "- transformers version: " in out and "- torch version: " in out and "hf-unlearn" in out
+
+
+def test_report_prints_table_and_draws_plots(tmp_path, capsys):
+    (tmp_path / "metrics.json").write_text(json.dumps(METRICS))
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": log_history("lur/grad_cosine")}))
+    assert cli.main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| model | forget WER | retain WER | test WER |" in out
+    assert "| unlearned | 0.900 | 0.100 | 0.950 |" in out
+    assert_png(tmp_path / plots.CURVES_FILE)
+    assert_png(tmp_path / plots.CONFLICT_FILE)
+
+
+def test_report_without_plots_and_without_a_run(tmp_path, capsys):
+    (tmp_path / "metrics.json").write_text(json.dumps(METRICS))
+    assert cli.main(["report", str(tmp_path), "--no-plots"]) == 0
+    assert not (tmp_path / plots.CURVES_FILE).exists()
+    assert cli.main(["report", str(tmp_path / "missing")]) == 1
+    assert "metrics.json not found" in capsys.readouterr().err
+
+
+def test_unknown_recipe_and_stray_arguments_exit_with_usage(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["unlearn", "--recipe", "nope"])
+    with pytest.raises(SystemExit):
+        cli.main(["env", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_unlearn_runs_the_recipe_in_process(tmp_path, capsys):
+    output_dir = tmp_path / "out"
+    argv = ["unlearn", "--corpus_preset", "tiny", "--max_steps", "2", "--logging_steps", "1"]
+    assert cli.main([*argv, "--method", "lur", "--output_dir", str(output_dir)]) == 0
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert set(metrics) == {"base", "retrain", "unlearned"}
+    assert json.loads((output_dir / "unlearn_config.json").read_text())["script"]["method"] == "lur"
+    assert "| unlearned |" in capsys.readouterr().out
+    assert_png(output_dir / plots.CURVES_FILE)
+    assert_png(output_dir / plots.CONFLICT_FILE)  # LUR logs lur/grad_cosine
+
+
+def test_python_dash_m_entry_point():
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "hf_unlearn", "--help"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "unlearn" in result.stdout and "report" in result.stdout and "env" in result.stdout
+
+
+@pytest.mark.parametrize("program", ["/home/me/.venv/bin/hf-unlearn", "/src/repo/hf_unlearn/__main__.py"])
+def test_card_command_names_the_cli_not_its_install_path(program):
+    from hf_unlearn.hub.model_card import reproduce_command
+
+    assert reproduce_command([program, "unlearn", "--method", "lur"]) == "hf-unlearn unlearn --method lur"
+    assert reproduce_command(["recipes/unlearn_whisper.py", "--x"]) == "python recipes/unlearn_whisper.py --x"
