@@ -27,7 +27,7 @@ RUNS = {
     "orthograd": ("orthograd", {"retain_weight": 0.5}),
     "orthograd_local": ("orthograd", {"retain_weight": 0.5, "projection_scope": "local"}),
     "gru": ("gru", {"retain_weight": 0.5}),
-    "lur": ("lur", {"retain_weight": 1.0, "inner_lr": 0.5}),
+    "lur": ("lur", {"retain_weight": 1.0, "inner_lr": 0.5, "diagnostics_every": 2}),  # steps with and without
     "lur_first": ("lur", {"retain_weight": 1.0, "inner_lr": 0.5, "meta_order": "first"}),
     # Evaluation every step on sharded splits, a checkpoint per step, the best one restored at the end. "Best" is the
     # *lowest* score here only so that it is not the last step (GradDiff's score rises every step): the test then sees
