@@ -115,8 +115,8 @@ def batch_loss_fn(
     Args:
         model (`nn.Module`):
             The model as training calls it. Virtual parameters are named as in its ``named_parameters()``, so take
-            θ from `trainable_parameters` of this same object. Under DDP pass the wrapper (and ``config``): both
-            forwards then go through DDP, whose reducer all-reduces the surrogate's gradient.
+            θ from `trainable_parameters` of this same object. Pass the bare module, not a DDP wrapper: the meta
+            step's several forwards per backward confuse DDP's reducer (`LURTrainer` averages the gradient itself).
         batch (`Any`):
             The collated batch, passed unchanged to ``loss``.
         loss (`Callable[[nn.Module, Any], Tensor]`, *optional*):
@@ -304,9 +304,10 @@ class LURObjective:
     (``meta_order="first"``) rather than inside the Trainer's backward. Every call syncs with the device once, to read
     the metrics and refuse a non-finite inner loss or virtual-point loss with an error saying which.
 
-    In a Trainer: take θ and build the loss functions from the model *as trained* (the DDP wrapper, so that both
-    forwards go through DDP and its reducer all-reduces the surrogate's gradient), backward ``step.loss`` once per
-    micro-batch through ``accelerator.backward``, and never touch ``.grad``. DeepSpeed ZeRO-3 partitions θ outside
+    In a Trainer: take θ and build the loss functions from the bare module, backward ``step.loss`` once per
+    micro-batch through ``accelerator.backward``. With several processes pass ``all_reduce_mean`` (the virtual step
+    and, in second order, the outer gradient then use global means, see `_distributed_outer`) and average the
+    surrogate's gradient over processes after the backward (DeepSpeed's engine does it). DeepSpeed ZeRO-3 partitions θ outside
     its own forward hooks, so neither the inner `torch.autograd.grad` nor a `functional_call` at θ' can see whole
     parameters: use ZeRO-2 or DDP.
 
@@ -329,6 +330,9 @@ class LURObjective:
             `"second"` for the exact meta-gradient, `"first"` to drop the Hessian term (no double backward).
         objective_order (`str`, *optional*, defaults to `"unlearn_then_retain"`):
             Which objective takes the virtual step; see above.
+        all_reduce_mean (`Callable[[list[Tensor]], list[Tensor]]`, *optional*):
+            Averages tensors over processes (e.g. `hf_unlearn.distributed.all_reduce_mean_`). Give it when each
+            process holds a shard of the batch: the result then equals one process with the whole batch.
 
     Example:
 

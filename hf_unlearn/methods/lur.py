@@ -158,8 +158,10 @@ class LURTrainer(UnlearnTrainer):
     `training_step` is overridden because the gradient is not that of a loss evaluated at θ. The meta-gradient is
     handed to the optimizer as a surrogate scalar (`hf_unlearn.gradients.meta.LURObjective`) backpropagated once per
     micro-batch through `accelerator.backward`, divided by the accumulation steps exactly as transformers does, so
-    gradient accumulation, any optimizer, DDP and DeepSpeed ZeRO-2 see an ordinary gradient; `.grad` is never
-    edited. The virtual point is evaluated with `torch.func.functional_call` on the trainable (LoRA) parameters only:
+    gradient accumulation, any optimizer and DeepSpeed ZeRO-2 see an ordinary gradient. Several processes: the
+    virtual step uses the inner gradient averaged over processes (and, in second order, the outer gradient too), so
+    N processes × batch b give the result of one process × batch N·b; under DDP the surrogate's gradient is then
+    averaged by one all-reduce after the backward (the only `.grad` write, and not under DeepSpeed). The virtual point is evaluated with `torch.func.functional_call` on the trainable (LoRA) parameters only:
     the model is never copied.
 
     Logged: `forget/loss` (L_f(θ)) and `retain/loss` (L_r(θ)) whenever they are evaluated at θ, and the `lur/*`
@@ -387,7 +389,12 @@ class LURTrainer(UnlearnTrainer):
         fresh = self.args.inner_batch == "fresh"
         record: dict[str, Tensor] = {}
 
-        model = self.surrogate_forward_model(model)
+        # Forwards run on the bare module: DDP's reducer expects one forward and one backward per step, while the
+        # meta step runs two or three forwards and differentiates them with torch.autograd.grad first (in second
+        # order its bookkeeping then marks parameters twice). Under plain DDP the surrogate's gradient is averaged
+        # over processes by hand after the backward; DeepSpeed's engine reduces it itself.
+        manual_all_reduce = self.accelerator.num_processes > 1 and not self.is_deepspeed_enabled
+        model = self.accelerator.unwrap_model(model)
         params = trainable_parameters(model)
         with self.compute_loss_context_manager():
             unlearn_fn = self._unlearn_at(model, forget_batch, record)
@@ -430,4 +437,7 @@ class LURTrainer(UnlearnTrainer):
             kwargs["scale_wrt_gas"] = False
         loss = step.loss / self.current_gradient_accumulation_steps
         self.accelerator.backward(loss, **kwargs)
+        if manual_all_reduce:
+            # Averaging is idempotent on the part already averaged at earlier micro-steps: accumulation stays exact.
+            all_reduce_mean_([p.grad for p in params.values() if p.grad is not None])
         return loss.detach()
