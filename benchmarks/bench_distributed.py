@@ -88,7 +88,8 @@ def worker(args) -> None:
 
     torch.set_num_threads(args.threads)
     counter = CollectiveCounter()  # before the trainers import the collectives they call
-    state = PartialState(cpu=args.device == "cpu", backend="gloo" if args.device == "cpu" else None)
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    state = PartialState(cpu=args.device == "cpu", backend="gloo" if args.device == "cpu" and several else None)
     world, rank = state.num_processes, state.process_index
     m, k = args.forget // world, args.retain // world
 
@@ -173,7 +174,8 @@ def run_workers(args) -> list[dict]:
             command += ["--multi_gpu"]  # with use_cpu below, the only way to get N connected CPU processes
         if args.device == "cpu":
             command += ["--num_cpu_threads_per_process", str(args.threads)]
-        forwarded = [a for a in sys.argv[1:] if not a.startswith("--output")]
+        worker_keys = ("device", "config", "forget", "retain", "frames", "label_tokens", "vocab", "warmup", "repeats")
+        forwarded = [f"--{key.replace('_', '-')}={getattr(args, key)}" for key in (*worker_keys, "threads")]
         command += [__file__, *forwarded, "--worker-output", str(output)]
         env = {**os.environ, "ACCELERATE_USE_CPU": "true" if args.device == "cpu" else "false"}
         subprocess.run(command, check=True, env=env)
