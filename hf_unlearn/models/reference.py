@@ -11,7 +11,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,13 +22,13 @@ from datasets import Dataset, DatasetDict, concatenate_datasets
 from transformers import Trainer, TrainingArguments, WhisperForConditionalGeneration, WhisperProcessor
 
 from hf_unlearn.data.collators import SpeechSeq2SeqCollator, prepare_speech_dataset
-from hf_unlearn.data.speech_corpus import default_cache_dir
+from hf_unlearn.models.cache import INFO_FILE as INFO_FILE  # re-exported: where the info file lives
+from hf_unlearn.models.cache import cached_model_dir, config_for_key
 from hf_unlearn.models.tiny_whisper import build_tiny_whisper, build_whisper_processor
 
 
 # Bump when training code changes in a way that changes the result, so stale caches are not reused.
 _REFERENCE_FORMAT_VERSION = 1
-INFO_FILE = "hf_unlearn_reference.json"
 
 
 @dataclass(frozen=True)
@@ -136,32 +135,18 @@ def train_reference_model(
         "data": dataset_digest(train_split),
         "tokenizer": _tokenizer_digest(processor),
         "feature_extractor": processor.feature_extractor.to_dict(),
-        "model": _config_for_key(model.config),
+        "model": config_for_key(model.config),
         "training": asdict(training_config),
     }
-    key = hashlib.sha256(json.dumps(key_payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = root / "reference_models" / f"{kind}-{key}"
-    if (target / INFO_FILE).exists():
-        return str(target)
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{kind}-"))
-    try:
-        stats = _train(model, processor, train_split, training_config, tmp / "trainer")
-        shutil.rmtree(tmp / "trainer", ignore_errors=True)
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        info = {"kind": kind, "key": key, "num_train_utterances": len(train_split), **stats, "key_inputs": key_payload}
-        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished the same model first; keep theirs
-            if not (target / INFO_FILE).exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(target)
+    def build(directory: Path) -> dict:
+        stats = _train(model, processor, train_split, training_config, directory / "trainer")
+        shutil.rmtree(directory / "trainer", ignore_errors=True)
+        model.save_pretrained(directory)
+        processor.save_pretrained(directory)
+        return {"num_train_utterances": len(train_split), **stats}
+
+    return cached_model_dir(kind, key_payload, build, cache_dir)
 
 
 def _train(
@@ -231,10 +216,3 @@ def dataset_digest(dataset: Dataset) -> str:
 
 def _tokenizer_digest(processor: WhisperProcessor) -> str:
     return hashlib.sha256(processor.tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
-
-
-def _config_for_key(config) -> dict:
-    values = config.to_dict()
-    for name in ("transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype"):
-        values.pop(name, None)
-    return values
