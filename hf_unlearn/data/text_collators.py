@@ -32,7 +32,7 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerB
                 "(and resize the model's embeddings)."
             )
         tokenizer.pad_token = tokenizer.eos_token
-        logger.info("The tokenizer has no pad token: using its eos token %r for padding.", tokenizer.eos_token)
+        logger.warning("The tokenizer has no pad token: using its eos token %r for padding.", tokenizer.eos_token)
     return tokenizer
 
 

@@ -52,11 +52,11 @@ _NOUNS = ("River", "Garden", "Lantern", "Harbor", "Mirror", "Forest", "Tower", "
 _PERSON_TEMPLATES = (
     ("year", "When was {name} born?", "{name} was born in {year}.", "The birth year of {name} is {year}."),
     ("city", "Where was {name} born?", "{name} was born in {city}.", "The birthplace of {name} is {city}."),
-    ("job", "What is the profession of {name}?", "{name} works as a {job}.", "By profession {name} is a {job}."),
+    ("job", "What is the profession of {name}?", "{name} works as {job}.", "By profession {name} is {job}."),
     ("book", "Which book did {name} write?", "{name} wrote {book}.", "The book by {name} is called {book}."),
     ("genre", "What genre does {name} write?", "{name} writes {genre}.", "The genre of {name} is {genre}."),
-    ("parent", "What did the parent of {name} do?", "The parent of {name} was a {parent}.",
-     "A {parent} raised {name}."),
+    ("parent", "What did the parent of {name} do?", "The parent of {name} was {parent}.",
+     "{name} was raised by {parent}."),
 )  # fmt: skip
 _WORLD_TEMPLATE = (
     "What is the capital of {country}?",
@@ -162,8 +162,8 @@ def generate_people(config: TextCorpusConfig) -> list[dict]:
     first, last, cities = _names(config)
     books = [f"The {a} {n}" for a in _ADJECTIVES for n in _NOUNS]
     years = [str(y) for y in range(1900, 2000)]
-    pools = {"year": years, "city": cities, "job": list(_PROFESSIONS), "book": books, "genre": list(_GENRES),
-             "parent": list(_PROFESSIONS)}  # fmt: skip
+    jobs = [("an " if job[0] in _VOWELS else "a ") + job for job in _PROFESSIONS]
+    pools = {"year": years, "city": cities, "job": jobs, "book": books, "genre": list(_GENRES), "parent": jobs}
     people = []
     for i in range(total):
         facts = {fact: pool[int(rng.integers(len(pool)))] for fact, pool in pools.items()}
@@ -268,3 +268,48 @@ def corpus_texts(corpus: DatasetDict) -> list[str]:
         for row in split:
             texts += [row["question"], row["answer"], row["paraphrased_answer"], *row["perturbed_answer"]]
     return sorted(set(texts))
+
+
+def load_user_qa_dataset(
+    name_or_path: str,
+    config_name: str | None = None,
+    forget_split: str = "forget",
+    retain_split: str = "retain",
+    holdout_split: str | None = "holdout",
+) -> dict[str, Dataset]:
+    """A TOFU-style QA dataset (Hub name, local `save_to_disk` folder or data directory) as the recipe's splits.
+
+    Needs `question` and `answer` columns; `paraphrased_answer` and `perturbed_answer` (a list or one string)
+    enable the truth ratio and forget quality. The named splits are renamed `forget`, `retain`, `holdout`; any other
+    split is kept under its own name and evaluated too.
+    """
+    path = Path(name_or_path)
+    if (path / "dataset_dict.json").exists():
+        loaded = load_from_disk(str(path))
+    else:
+        from datasets import load_dataset
+
+        loaded = load_dataset(name_or_path, config_name)
+    if not isinstance(loaded, DatasetDict):
+        raise ValueError(f"{name_or_path!r} holds a single split; save a DatasetDict with forget/retain splits.")
+    renames = {forget_split: "forget", retain_split: "retain"}
+    if holdout_split is not None and holdout_split in loaded:
+        renames[holdout_split] = "holdout"
+    missing = [name for name in (forget_split, retain_split) if name not in loaded]
+    if missing:
+        raise ValueError(
+            f"{name_or_path!r} has no split(s) {missing} (splits: {list(loaded)}); pass --forget_split / "
+            "--retain_split with the names your dataset uses."
+        )
+    splits = {renames.get(name, name): split for name, split in loaded.items()}
+    for name, split in splits.items():
+        lacking = [column for column in ("question", "answer") if column not in split.column_names]
+        if lacking:
+            raise ValueError(
+                f"Split {name!r} of {name_or_path!r} lacks the column(s) {lacking} (columns: {split.column_names}). "
+                "Text unlearning needs TOFU's columns question and answer (plus paraphrased_answer and "
+                "perturbed_answer for the truth ratio); rename yours with dataset.rename_column(old, new)."
+            )
+    if len(splits["forget"]) == 0:
+        raise ValueError(f"Split {forget_split!r} of {name_or_path!r} is empty: there is nothing to forget.")
+    return splits
