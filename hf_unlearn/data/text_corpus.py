@@ -38,7 +38,7 @@ from hf_unlearn.data.speech_corpus import default_cache_dir
 
 SPLITS = ("forget", "retain", "world_facts", "holdout")
 # Bump when the generator or the templates change, so stale caches are not reused.
-_CORPUS_FORMAT_VERSION = 1
+_CORPUS_FORMAT_VERSION = 2
 
 _CONSONANTS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"

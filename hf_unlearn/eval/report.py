@@ -4,12 +4,15 @@
 def metrics_table(results: dict[str, dict[str, dict[str, float]]], metrics: tuple[str, ...] = ("wer", "cer")) -> str:
     """One row per model, one column per (split, metric), in the order the splits first appear.
 
-    Missing entries render as `–` so a run without an exact-retrain reference still prints a full table.
+    Missing entries render as `–` so a run without an exact-retrain reference still prints a full table; a column
+    that no model has is left out.
     """
     splits: list[str] = []
     for per_split in results.values():
         splits += [split for split in per_split if split not in splits]
     columns = [(split, metric) for metric in metrics for split in splits]
+    # A metric that only some splits have (forget quality: forget only) leaves no column of dashes.
+    columns = [c for c in columns if any(c[1] in per_split.get(c[0], {}) for per_split in results.values())]
     header = "| model | " + " | ".join(f"{split} {metric.upper()}" for split, metric in columns) + " |"
     rule = "|---|" + "---:|" * len(columns)
     rows = []
