@@ -67,7 +67,9 @@ def main() -> None:
         for method in args.methods:
             output_dir = Path(args.outputs) / f"llm_tiny-{method}"
             seconds[method] = round(run(method, ["--output_dir", str(output_dir), *extra]), 1)
-    results = {m: json.loads((Path(args.outputs) / f"llm_tiny-{m}" / "metrics.json").read_text()) for m in args.methods}
+    results = {
+        m: json.loads((Path(args.outputs) / f"llm_tiny-{m}" / "metrics.json").read_text()) for m in args.methods
+    }
     first = results[args.methods[0]]
     rows = {"base": first["base"]}
     if "retrain" in first:

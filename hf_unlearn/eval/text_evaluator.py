@@ -28,6 +28,7 @@ import torch
 from datasets import Dataset
 from torch import nn
 
+from hf_unlearn import losses
 from hf_unlearn.data.text_collators import DEFAULT_PROMPT_TEMPLATE, QACollator
 from hf_unlearn.eval import tofu
 from hf_unlearn.losses import align_logits_and_labels
@@ -133,12 +134,11 @@ class TextEvaluator:
         labels = batch.pop("labels")
         logits = model(**batch).logits.float()
         logits, labels = align_logits_and_labels(logits, labels, is_encoder_decoder=False)
-        log_probs = torch.log_softmax(logits, dim=-1)  # [B, T, V]
-        mask = labels != -100
-        token_log_probs = log_probs.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)  # [B, T]
-        losses = -(token_log_probs * mask).sum(-1) / mask.sum(-1)
-        result: dict[str, list] = {"loss": losses.tolist()}
+        token_log_probs, mask = losses.token_log_probs(logits, labels)  # [B, T]
+        mean_nll = losses.per_example_loss_from_log_prob(token_log_probs.sum(-1), mask.sum(-1))
+        result: dict[str, list] = {"loss": mean_nll.tolist()}
         if details:
+            log_probs = torch.log_softmax(logits, dim=-1)  # [B, T, V]
             mean, std = tofu.next_token_moments(log_probs)  # [B, T]
             result["token_log_probs"] = [token_log_probs[i][mask[i]].cpu() for i in range(len(pairs))]
             result["mean"] = [mean[i][mask[i]].cpu() for i in range(len(pairs))]
