@@ -8,10 +8,8 @@ tokenizer, model config, hyperparameters), so a benchmark run pays for training 
 
 import hashlib
 import json
-import math
 import os
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,12 +17,13 @@ from typing import Literal
 import numpy as np
 import transformers
 from datasets import Dataset, DatasetDict, concatenate_datasets
-from transformers import Trainer, TrainingArguments, WhisperForConditionalGeneration, WhisperProcessor
+from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from hf_unlearn.data.collators import SpeechSeq2SeqCollator, prepare_speech_dataset
 from hf_unlearn.models.cache import INFO_FILE as INFO_FILE  # re-exported: where the info file lives
 from hf_unlearn.models.cache import cached_model_dir, config_for_key
 from hf_unlearn.models.tiny_whisper import build_tiny_whisper, build_whisper_processor
+from hf_unlearn.models.training import fit_from_scratch
 
 
 # Bump when training code changes in a way that changes the result, so stale caches are not reused.
@@ -157,38 +156,7 @@ def _train(
     output_dir: Path,
 ) -> dict:
     features = prepare_speech_dataset(train_split, processor)
-    scheduler_kwargs = {}
-    if config.lr_scheduler_type == "warmup_stable_decay":
-        total_steps = math.ceil(len(features) / config.batch_size) * config.num_train_epochs
-        scheduler_kwargs = {"num_decay_steps": max(1, int(config.decay_fraction * total_steps))}
-    args = TrainingArguments(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=config.batch_size,
-        num_train_epochs=config.num_train_epochs,
-        learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_steps,
-        lr_scheduler_type=config.lr_scheduler_type,
-        lr_scheduler_kwargs=scheduler_kwargs,
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        seed=config.seed,
-        data_seed=config.seed,
-        optim="adamw_torch",
-        use_cpu=True,
-        save_strategy="no",
-        logging_steps=50,
-        report_to="none",
-        disable_tqdm=True,
-        # The collator reads `text`; the Trainer must not drop it as "unused by the model".
-        remove_unused_columns=False,
-        dataloader_pin_memory=False,
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=features, data_collator=SpeechSeq2SeqCollator(processor))
-    start = time.perf_counter()
-    result = trainer.train()
-    model.eval()
-    return {"train_seconds": round(time.perf_counter() - start, 2), "train_loss": result.training_loss,
-            "global_step": result.global_step}  # fmt: skip
+    return fit_from_scratch(model, features, SpeechSeq2SeqCollator(processor), config, output_dir)
 
 
 def load_reference_model(path: str | os.PathLike) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:

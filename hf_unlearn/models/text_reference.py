@@ -8,10 +8,8 @@ rows, tokenizer, model config and hyperparameters (`hf_unlearn.models.cache`).
 
 import hashlib
 import json
-import math
 import os
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,12 +17,13 @@ from typing import Literal
 import numpy as np
 import transformers
 from datasets import Dataset, DatasetDict, concatenate_datasets
-from transformers import LlamaForCausalLM, PreTrainedTokenizerFast, Trainer, TrainingArguments
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from hf_unlearn.data.text_collators import QACollator
 from hf_unlearn.data.text_corpus import corpus_texts
 from hf_unlearn.models.cache import cached_model_dir, config_for_key
 from hf_unlearn.models.tiny_llama import build_llama_tokenizer, build_tiny_llama
+from hf_unlearn.models.training import fit_from_scratch
 
 
 # Bump when training code changes in a way that changes the result, so stale caches are not reused.
@@ -151,38 +150,8 @@ def _train(
     config: TextReferenceTrainingConfig,
     output_dir: Path,
 ) -> dict:
-    scheduler_kwargs = {}
-    if config.lr_scheduler_type == "warmup_stable_decay":
-        total_steps = math.ceil(len(train_split) / config.batch_size) * config.num_train_epochs
-        scheduler_kwargs = {"num_decay_steps": max(1, int(config.decay_fraction * total_steps))}
-    args = TrainingArguments(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=config.batch_size,
-        num_train_epochs=config.num_train_epochs,
-        learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_steps,
-        lr_scheduler_type=config.lr_scheduler_type,
-        lr_scheduler_kwargs=scheduler_kwargs,
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        seed=config.seed,
-        data_seed=config.seed,
-        optim="adamw_torch",
-        use_cpu=True,
-        save_strategy="no",
-        logging_steps=50,
-        report_to="none",
-        disable_tqdm=True,
-        remove_unused_columns=False,  # the collator reads the raw question/answer columns
-        dataloader_pin_memory=False,
-    )
     collator = QACollator(tokenizer, max_length=model.config.max_position_embeddings)
-    trainer = Trainer(model=model, args=args, train_dataset=train_split, data_collator=collator)
-    start = time.perf_counter()
-    result = trainer.train()
-    model.eval()
-    return {"train_seconds": round(time.perf_counter() - start, 2), "train_loss": result.training_loss,
-            "global_step": result.global_step}  # fmt: skip
+    return fit_from_scratch(model, train_split, collator, config, output_dir)
 
 
 def load_text_reference_model(path: str | os.PathLike) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
