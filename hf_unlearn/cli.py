@@ -5,8 +5,8 @@
     hf-unlearn env
 
 `unlearn` forwards everything after it to the recipe's own parser (`hf-unlearn unlearn --help` lists every field),
-so a command line works the same with `accelerate launch recipes/unlearn_whisper.py` (or `recipes/unlearn_llm.py`). Multi-process runs go through
-`accelerate launch`, which the CLI does not wrap.
+so a command line works the same with `accelerate launch recipes/unlearn_whisper.py` (`--recipe llm`:
+`recipes/unlearn_llm.py`). Multi-process runs go through `accelerate launch`, which the CLI does not wrap.
 """
 
 import argparse
