@@ -20,10 +20,10 @@ Writes to `output_dir`: the LoRA adapter (safetensors), the tokenizer, `unlearn_
 card `README.md`, and prints the table.
 """
 
-from hf_unlearn.recipes.llm import ScriptArguments, main, parse_args, run
+from hf_unlearn.recipes.llm import ScriptArguments, main, make_parser, parse_args, run
 
 
-__all__ = ["ScriptArguments", "main", "parse_args", "run"]
+__all__ = ["ScriptArguments", "main", "make_parser", "parse_args", "run"]
 
 if __name__ == "__main__":
     run()

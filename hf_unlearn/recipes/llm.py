@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING
 
 
 if TYPE_CHECKING:
+    from transformers import HfArgumentParser
+
     from hf_unlearn.configs import UnlearnConfig
 
 # Package data, so that `hf-unlearn unlearn --recipe llm` has its default from a wheel too; `recipes/llm_tiny.yaml`
@@ -93,6 +95,13 @@ class ScriptArguments:
             "help": "Write the files push_to_hub would upload (adapter, tokenizer, card) into this empty folder."
         },
     )
+
+
+def make_parser(method: str) -> "HfArgumentParser":
+    """`HfArgumentParser` over `ScriptArguments` and the method's config (its fields are the method's flags)."""
+    from .common import make_parser as recipe_parser
+
+    return recipe_parser(ScriptArguments, method)
 
 
 def parse_args(argv: list[str]) -> tuple[ScriptArguments, "UnlearnConfig"]:
