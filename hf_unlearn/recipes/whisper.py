@@ -162,9 +162,8 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     # Before any minute of corpus or model training is spent.
     dry_run_dir = check_before_training(config, script_args.hub_dry_run_dir)
     if config.world_size > 1:
-        prepare_in_one_process(
-            "hf_unlearn.recipes.whisper", script_args, config
-        )  # every rank below only reads the caches
+        # Every rank below only reads the caches.
+        prepare_in_one_process("hf_unlearn.recipes.whisper", script_args, config)
     with whole_model_loading():
         corpus, processor, model, retrain_model = load_data_and_models(script_args, config.seed)
     prepared = {split: prepare_speech_dataset(corpus[split], processor) for split in SPLITS if split in corpus}
