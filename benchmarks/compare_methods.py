@@ -3,16 +3,31 @@
     # All seven methods on the speech benchmark with the recipe's default preset (max_steps 60, lr 1e-3, seed 0):
     python benchmarks/compare_methods.py
 
+    # The same on the text benchmark (tiny Llama, fictitious people; llm_tiny.yaml: max_steps 50, lr 1e-3, seed 0):
+    python benchmarks/compare_methods.py --benchmark text
+
     # A subset, another seed, and any recipe field after `--` (applied to every method):
     python benchmarks/compare_methods.py --methods graddiff lur --seed 1 -- --max_steps 40
 
-Each method is one run of the benchmark's recipe (`hf_unlearn.recipes.whisper.run`, the code path of
-`recipes/unlearn_whisper.py` and `hf-unlearn unlearn`), each in its own folder under `--runs_dir` with its adapter,
-`metrics.json`, `trainer_state.json` and plots. `--plot_only` redraws the table and plots from the JSON. `retain_weight` is each method's own default (it means λ, α or γ
-depending on the method) unless given after `--`. The score is Avg-Gap: the mean absolute difference to the
-exact-retrain model over the forget, retain and test metrics (lower is closer to a model that never saw the forget
-set). Writes `compare_methods_<benchmark>.{md,json}`, the forget-vs-retain trade-off plot and the gradient-conflict
-plot into `--output_dir`.
+Each method is one run of the benchmark's recipe (`hf_unlearn.recipes.whisper.run` or `hf_unlearn.recipes.llm.run`,
+the code path of `recipes/unlearn_{whisper,llm}.py` and `hf-unlearn unlearn`), each in its own folder under
+`--runs_dir/<benchmark>/<method>` with its adapter, `metrics.json`, `trainer_state.json` and plots. Every method gets
+the same preset (steps, learning rate, batch sizes, LoRA rank) and seed; `retain_weight` is each method's own
+default (it means λ, α or γ depending on the method; the preset's value is kept only for the preset's own method,
+GradDiff) unless given after `--`. `--plot_only` redraws the table and plots from the JSON.
+
+The score is Avg-Gap: the mean absolute difference to the exact-retrain model (trained without the forget set) over a
+fixed set of metrics, lower is closer to a model that never saw the forget set:
+
+- speech: WER on forget, retain and test;
+- text: forget ROUGE-L recall (how much of each forgotten answer is still recited), retain ROUGE-L recall (collateral
+  damage on the same domain), model utility (TOFU's harmonic mean of probability, ROUGE-L and truth ratio on retain
+  and world_facts) and the forget-vs-holdout MIA LOSS AUC (whether the forget set still looks like training data).
+  All four lie in [0, 1], so no one dominates the mean. Forget quality (a KS p-value) is in the table but not in the
+  gap: with 24 forget questions it takes few distinct values and is 1 for the retrain model by construction.
+
+Writes `compare_methods_<benchmark>.{md,json}`, the forget-vs-retain trade-off plot and the gradient-conflict plot
+into `--output_dir`.
 """
 
 import argparse
@@ -30,17 +45,16 @@ METHOD_ORDER = ("ga", "graddiff", "npo", "simnpo", "gru", "orthograd", "lur")
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A benchmark is a recipe (`run(argv) -> metrics.json content`) plus the metric and splits it is scored on.
+    """A benchmark is a recipe (`run(argv) -> metrics.json content`) plus the metrics it is scored on.
 
-    A text benchmark plugs in by adding an entry to `BENCHMARKS` whose recipe writes the same `metrics.json` shape
-    (`{"base"|"retrain"|"unlearned": {split: {metric: value}}}`).
+    Every recipe writes the same `metrics.json` shape (`{"base"|"retrain"|"unlearned": {split: {metric: value}}}`);
+    a column is a `(split, metric)` pair of it.
     """
 
     recipe: str  # module with `run(argv)`
-    metric: str  # the metric of the table, the gap and the trade-off plot
-    lower_is_better: bool  # for the task metric on data the model should still know (WER: yes)
-    gap_splits: tuple[str, ...]  # splits averaged in Avg-Gap
-    table_splits: tuple[str, ...]
+    metric: str  # the metric of the forget-vs-retain trade-off plot
+    gap_columns: tuple[tuple[str, str], ...]  # (split, metric) pairs averaged in Avg-Gap
+    table_columns: tuple[tuple[str, str, str], ...]  # (split, metric, header) of the markdown table
     run_args: tuple[str, ...] = ()  # recipe arguments every method's run gets
     plot_limit: float | None = None  # trade-off plot axes; runs beyond it are drawn on the edge, values written out
 
@@ -49,22 +63,42 @@ BENCHMARKS = {
     "speech": Benchmark(
         recipe="hf_unlearn.recipes.whisper",
         metric="wer",
-        lower_is_better=True,
-        gap_splits=("forget", "retain", "test"),
-        table_splits=("forget", "forget_test", "retain", "test"),
+        gap_columns=(("forget", "wer"), ("retain", "wer"), ("test", "wer")),
+        table_columns=tuple((split, "wer", f"{split} WER") for split in ("forget", "forget_test", "retain", "test")),
         plot_limit=1.2,  # WER counts insertions: a model that babbles can pass 1, which would squash the rest
     ),
+    "text": Benchmark(
+        recipe="hf_unlearn.recipes.llm",
+        metric="rougeL_recall",
+        # model utility and the MIA AUCs are computed at the forget split (from every split's records).
+        gap_columns=(
+            ("forget", "rougeL_recall"),
+            ("retain", "rougeL_recall"),
+            ("forget", "model_utility"),
+            ("forget", "mia_loss_auc"),
+        ),
+        table_columns=(
+            ("forget", "rougeL_recall", "forget ROUGE-L"),
+            ("forget", "prob", "forget prob"),
+            ("forget", "truth_ratio", "forget truth ratio"),
+            ("forget", "forget_quality", "forget quality"),
+            ("forget", "model_utility", "model utility"),
+            ("retain", "rougeL_recall", "retain ROUGE-L"),
+            ("world_facts", "rougeL_recall", "world_facts ROUGE-L"),
+            ("forget", "mia_loss_auc", "MIA LOSS AUC"),
+        ),
+    ),
 }
-PLANNED = {"text": "the text benchmark (tiny Llama, fictitious people) is being built as recipes/unlearn_llm.py"}
 
 
 def avg_gap(
-    results: Mapping[str, Mapping[str, Mapping[str, float]]], splits: Sequence[str], metric: str, model: str
+    results: Mapping[str, Mapping[str, Mapping[str, float]]], columns: Sequence[tuple[str, str]], model: str
 ) -> float | None:
-    """Mean over `splits` of |`model`'s metric − the exact-retrain model's|; `None` without a retrain reference."""
+    """Mean over `(split, metric)` columns of |`model`'s value − the exact-retrain model's|; `None` without a
+    retrain reference."""
     if "retrain" not in results or model not in results:
         return None
-    gaps = [abs(results[model][split][metric] - results["retrain"][split][metric]) for split in splits]
+    gaps = [abs(results[model][split][metric] - results["retrain"][split][metric]) for split, metric in columns]
     return sum(gaps) / len(gaps)
 
 
@@ -94,16 +128,16 @@ def summarise(benchmark: Benchmark, runs: Mapping[str, dict]) -> dict:
     first = next(iter(runs.values()))["metrics"]
     summary = {
         "metric": benchmark.metric,
-        "gap_splits": list(benchmark.gap_splits),
+        "gap_columns": [f"{split}/{metric}" for split, metric in benchmark.gap_columns],
         "base": first.get("base"),
         "retrain": first.get("retrain"),
-        "base_avg_gap": avg_gap(first, benchmark.gap_splits, benchmark.metric, "base"),
+        "base_avg_gap": avg_gap(first, benchmark.gap_columns, "base"),
         "methods": {},
     }
     for method, run in runs.items():
         summary["methods"][method] = {
             "unlearned": run["metrics"]["unlearned"],
-            "avg_gap": avg_gap(run["metrics"], benchmark.gap_splits, benchmark.metric, "unlearned"),
+            "avg_gap": avg_gap(run["metrics"], benchmark.gap_columns, "unlearned"),
             "retain_weight": run["retain_weight"],
             "max_steps": run["max_steps"],
             "wall_s": run["wall_s"],
@@ -119,7 +153,7 @@ def tradeoff_runs(summary: Mapping) -> dict[str, dict]:
 
 def write_outputs(benchmark: Benchmark, summary: Mapping, output_dir: Path, runs_dir: Path) -> str:
     """Markdown table, trade-off plot and (from the runs' `trainer_state.json`) gradient-conflict plot."""
-    from hf_unlearn.plots import plot_gradient_conflict, plot_tradeoff
+    from hf_unlearn.plots import metric_name, plot_gradient_conflict, plot_tradeoff
 
     stem = f"compare_methods_{summary['benchmark']}"
     table = markdown_table(benchmark, summary)
@@ -128,7 +162,7 @@ def write_outputs(benchmark: Benchmark, summary: Mapping, output_dir: Path, runs
         tradeoff_runs(summary),
         output_dir / f"{stem}_tradeoff.png",
         metric=benchmark.metric,
-        title=f"{summary['benchmark']}: forget vs retain {benchmark.metric.upper()}, seed {summary['seed']}",
+        title=f"{summary['benchmark']}: forget vs retain {metric_name(benchmark.metric)}, seed {summary['seed']}",
         axis_limit=benchmark.plot_limit,
     )
     histories = {}
@@ -142,13 +176,12 @@ def write_outputs(benchmark: Benchmark, summary: Mapping, output_dir: Path, runs
 
 def markdown_table(benchmark: Benchmark, summary: Mapping) -> str:
     """One row per method (best Avg-Gap first), then base and exact retrain, from the JSON summary only."""
-    name = benchmark.metric.upper() if benchmark.metric == "wer" else benchmark.metric
-    columns = [f"{split} {name}" for split in benchmark.table_splits]
-    header = "| method | weight | " + " | ".join(columns) + " | Avg-Gap ↓ | time (s) |"
+    columns = benchmark.table_columns
+    header = "| method | weight | " + " | ".join(column[2] for column in columns) + " | Avg-Gap ↓ | time (s) |"
     rule = "|---|---:|" + "---:|" * len(columns) + "---:|---:|"
 
     def cells(per_split: Mapping) -> str:
-        return " | ".join(f"{per_split[split][benchmark.metric]:.3f}" for split in benchmark.table_splits)
+        return " | ".join(fmt(per_split.get(split, {}).get(metric)) for split, metric, _ in columns)
 
     def fmt(value: float | None) -> str:
         return "–" if value is None else f"{value:.3f}"
@@ -189,16 +222,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv[:split_at])
     extra = argv[split_at + 1 :]
     if args.benchmark not in BENCHMARKS:
-        reason = PLANNED.get(args.benchmark, "no such benchmark")
-        parser.error(
-            f"--benchmark {args.benchmark!r} is not available ({reason}); available: {', '.join(BENCHMARKS)}."
-        )
+        parser.error(f"--benchmark {args.benchmark!r} does not exist; available: {', '.join(BENCHMARKS)}.")
     benchmark = BENCHMARKS[args.benchmark]
 
     stem = f"compare_methods_{args.benchmark}"
     if args.plot_only:
         summary = json.loads((args.output_dir / f"{stem}.json").read_text())
-        print(write_outputs(benchmark, summary, args.output_dir, args.runs_dir))
+        print(write_outputs(benchmark, summary, args.output_dir, args.runs_dir / args.benchmark))
         return summary
 
     from hf_unlearn import METHODS
@@ -208,20 +238,22 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"unknown --methods {unknown}; choose from {sorted(METHODS)}.")
 
     runs = {}
+    start = time.perf_counter()
     for method in args.methods:
         print(f"=== {args.benchmark}: {method}", flush=True)
-        runs[method] = run_method(benchmark, method, args.runs_dir / method, args.seed, extra)
+        runs[method] = run_method(benchmark, method, args.runs_dir / args.benchmark / method, args.seed, extra)
 
     summary = {
         "benchmark": args.benchmark,
         "seed": args.seed,
         "recipe_args": extra,
         "machine": f"{platform.machine()}, {platform.python_version()}",
+        "total_wall_s": round(time.perf_counter() - start, 1),
         **summarise(benchmark, runs),
     }
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    table = write_outputs(benchmark, summary, args.output_dir, args.runs_dir)
+    table = write_outputs(benchmark, summary, args.output_dir, args.runs_dir / args.benchmark)
     print(table)
     return summary
 

@@ -1,12 +1,12 @@
 """`hf-unlearn`: the command line, in the style of `trl` and `transformers env`.
 
-    hf-unlearn unlearn [--recipe whisper] [--config recipes/whisper_tiny.yaml] [--method lur] [any config field ...]
+    hf-unlearn unlearn [--recipe whisper|llm] [--config recipes/whisper_tiny.yaml] [--method lur] [any config field ...]
     hf-unlearn report OUTPUT_DIR [--no-plots]
     hf-unlearn env
 
 `unlearn` forwards everything after it to the recipe's own parser (`hf-unlearn unlearn --help` lists every field),
-so a command line works the same with `accelerate launch recipes/unlearn_whisper.py`. Multi-process runs go through
-`accelerate launch`, which the CLI does not wrap.
+so a command line works the same with `accelerate launch recipes/unlearn_whisper.py` (`--recipe llm`:
+`recipes/unlearn_llm.py`). Multi-process runs go through `accelerate launch`, which the CLI does not wrap.
 """
 
 import argparse
@@ -18,8 +18,8 @@ from importlib import metadata
 from pathlib import Path
 
 
-# Recipe name → module with `run(argv) -> metrics`; a text recipe plugs in here.
-RECIPES = {"whisper": "hf_unlearn.recipes.whisper"}
+# Recipe name → module with `run(argv) -> metrics`.
+RECIPES = {"whisper": "hf_unlearn.recipes.whisper", "llm": "hf_unlearn.recipes.llm"}
 ENV_PACKAGES = (
     "torch",
     "transformers",
@@ -29,6 +29,8 @@ ENV_PACKAGES = (
     "huggingface_hub",
     "tokenizers",
     "jiwer",
+    "rouge_score",
+    "scipy",
     "deepspeed",
     "matplotlib",
 )
@@ -71,14 +73,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(output_dir: Path, plots: bool = True) -> int:
     """Print the `metrics.json` table of a run and write its plots beside it."""
-    from .eval.report import metrics_table
+    from .eval.report import run_table
 
     metrics_file = output_dir / "metrics.json"
     if not metrics_file.is_file():
         print(f"hf-unlearn report: {metrics_file} not found; pass a recipe's output_dir.", file=sys.stderr)
         return 1
     results = json.loads(metrics_file.read_text())
-    print(metrics_table(results))
+    print(run_table(results))
     if plots:
         from .plots import write_run_plots
 

@@ -21,7 +21,18 @@ CONFLICT_KEYS = {
     "lur/grad_cosine": 1.0,  # cos(∇L_r, ∇L_u) already
     "orthograd/forget_retain_cosine": -1.0,  # cos(∇L_f, ḡ_r): positive is conflict, so flip it
 }
-SPLIT_COLORS = {"forget": "tab:red", "forget_test": "tab:orange", "retain": "tab:blue", "test": "tab:green"}
+SPLIT_COLORS = {
+    "forget": "tab:red",
+    "forget_test": "tab:orange",
+    "retain": "tab:blue",
+    "test": "tab:green",
+    "world_facts": "tab:purple",
+}
+# Evaluation metrics the curves prefer, in order: WER (speech), ROUGE-L recall (text), the per-example loss (any).
+CURVE_METRICS = ("wer", "rougeL_recall", "loss")
+METRIC_NAMES = {"wer": "WER", "rougeL_recall": "ROUGE-L recall", "loss": "mean per-example loss"}
+# Metrics that fall as a model forgets (its forget score should go down); WER and losses rise instead.
+SCORES = ("rougeL_recall", "prob", "model_utility")
 
 
 def _pyplot():
@@ -33,9 +44,14 @@ def _pyplot():
     return plt
 
 
+def metric_name(metric: str) -> str:
+    return METRIC_NAMES.get(metric, metric)
+
+
 def eval_metric(log_history: Sequence[Mapping[str, Any]], splits: Sequence[str]) -> str | None:
-    """`"wer"` when the evaluations logged it for these splits, else `"loss"`, else `None` (no evaluation logged)."""
-    for metric in ("wer", "loss"):
+    """The first of `CURVE_METRICS` the evaluations logged for these splits (`"wer"` for speech, `"rougeL_recall"`
+    for text, else `"loss"`), or `None` when no evaluation was logged."""
+    for metric in CURVE_METRICS:
         if any(f"eval_{split}_{metric}" in entry for entry in log_history for split in splits):
             return metric
     return None
@@ -56,10 +72,11 @@ def plot_training_curves(
     log_history: Sequence[Mapping[str, Any]],
     path: str | Path,
     metrics: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
-    splits: Sequence[str] = ("forget", "retain", "test"),
+    splits: Sequence[str] = ("forget", "retain", "test", "world_facts"),
     title: str | None = None,
 ) -> Path | None:
-    """Forget / retain / test WER (or loss) at each evaluation, and the training losses, against the step.
+    """Forget / retain / test (text: world_facts) WER, ROUGE-L recall or loss at each evaluation, and the training
+    losses, against the step. Splits a run does not have are skipped.
 
     With `metrics` (the run's `metrics.json`), the base model's scores are the step-0 points and the exact-retrain
     model's are dashed lines: the level the forget curve should reach and the others should keep. Returns `None` (and writes nothing) when the
@@ -87,8 +104,8 @@ def plot_training_curves(
                 left.axhline(retrain[split][metric], color=color, linestyle="--", linewidth=1, alpha=0.7)
         if retrain:
             left.plot([], [], color="gray", linestyle="--", label="exact retrain")
-        left.set_title(f"evaluation {metric.upper() if metric == 'wer' else metric}")
-        left.set_ylabel(metric.upper() if metric == "wer" else "mean per-example loss")
+        left.set_title(f"evaluation {metric_name(metric)}")
+        left.set_ylabel(metric_name(metric))
         left.legend()
     else:
         left.text(0.5, 0.5, "no evaluation logged", ha="center", va="center", transform=left.transAxes)
@@ -151,7 +168,8 @@ def plot_tradeoff(
 ) -> Path:
     """Forget vs retain `metric` of each run's unlearned model (label → `metrics.json`), with base and exact retrain.
 
-    The goal is the exact-retrain point: forget as high as retrain's, retain as low as base's. Base and retrain are
+    The goal is the exact-retrain point: forget as high (WER; as low for a score such as ROUGE-L) as retrain's, retain
+    as good as base's. Base and retrain are
     taken from the first run that has them (every run of one benchmark shares them). With `axis_limit`, a run beyond
     it (a diverged model's WER can reach 5) is drawn on the edge with its true values written beside it, so it does
     not squash every other point into a corner.
@@ -182,9 +200,10 @@ def plot_tradeoff(
         margin = 0.04 * axis_limit
         axis.set_xlim(-margin, axis_limit + margin)
         axis.set_ylim(-margin, axis_limit + margin)
-    name = metric.upper() if metric == "wer" else metric
-    axis.set_xlabel(f"{retain_split} {name} (lower: less collateral damage)")
-    axis.set_ylabel(f"{forget_split} {name} (higher: more forgotten)")
+    name = metric_name(metric)
+    score = metric in SCORES
+    axis.set_xlabel(f"{retain_split} {name} ({'higher' if score else 'lower'}: less collateral damage)")
+    axis.set_ylabel(f"{forget_split} {name} ({'lower' if score else 'higher'}: more forgotten)")
     axis.set_title(title or f"forget vs retain {name} after unlearning")
     axis.grid(alpha=0.3)
     axis.legend(fontsize="small", loc="best")

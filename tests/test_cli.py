@@ -61,6 +61,30 @@ def test_unlearn_runs_the_recipe_in_process(tmp_path, capsys):
     assert_png(output_dir / plots.CONFLICT_FILE)  # LUR logs lur/grad_cosine
 
 
+def test_unlearn_text_recipe_then_report(tmp_path, capsys):
+    """`--recipe llm` on the tiny preset, evaluated at the last step (reused as the final scores), then `report`."""
+    output_dir = tmp_path / "out"
+    argv = ["unlearn", "--recipe", "llm", "--corpus_preset", "tiny", "--max_steps", "2", "--logging_steps", "1"]
+    argv += ["--eval_strategy", "steps", "--eval_steps", "2", "--method", "npo", "--output_dir", str(output_dir)]
+    assert cli.main(argv) == 0
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert set(metrics) == {"base", "retrain", "unlearned"}
+    assert {"rougeL_recall", "model_utility", "mia_loss_auc"} <= set(metrics["unlearned"]["forget"])
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    final_evals = [e for e in state["log_history"] if "eval_forget_rougeL_recall" in e]
+    assert len(final_evals) == 1  # the step-2 evaluation was reused, not repeated
+    assert metrics["unlearned"]["forget"]["rougeL_recall"] == final_evals[0]["eval_forget_rougeL_recall"]
+    assert json.loads((output_dir / "unlearn_config.json").read_text())["script"]["method"] == "npo"
+    assert_png(output_dir / plots.CURVES_FILE)
+    capsys.readouterr()
+
+    (output_dir / plots.CURVES_FILE).unlink()
+    assert cli.main(["report", str(output_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "| model | forget ROUGEL_RECALL | retain ROUGEL_RECALL |" in out and "| unlearned |" in out
+    assert_png(output_dir / plots.CURVES_FILE)
+
+
 def test_python_dash_m_entry_point():
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(

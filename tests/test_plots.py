@@ -103,3 +103,17 @@ def test_tradeoff_draws_off_scale_runs_on_the_edge_with_their_values(tmp_path, m
     assert_png(plots.plot_tradeoff({"ok": METRICS, "lur": diverged}, tmp_path / "t.png", axis_limit=1.2))
     assert ("ok", 0.1, 0.9) in labels
     assert ("lur (off scale: 0.10, 5.50)", 0.1, 1.2) in labels
+
+
+def test_text_runs_plot_rouge_curves_and_a_score_tradeoff(tmp_path, monkeypatch):
+    """No WER: the curves fall back to ROUGE-L recall (world_facts included), the trade-off labels flip direction."""
+    history = [{"step": s, "forget/loss": 1.0, "retain/loss": 0.1} for s in (1, 2)]
+    history.append({"step": 2, "eval_forget_rougeL_recall": 0.3, "eval_world_facts_rougeL_recall": 1.0})
+    assert plots.eval_metric(history, ["forget", "retain"]) == "rougeL_recall"
+    metrics = {name: {"forget": {"rougeL_recall": v}, "retain": {"rougeL_recall": 1.0}} for name, v in
+               (("base", 1.0), ("retrain", 0.4), ("unlearned", 0.3))}  # fmt: skip
+    assert_png(plots.plot_training_curves(history, tmp_path / "curves.png", metrics=metrics))
+    labels = []
+    monkeypatch.setattr("matplotlib.axes.Axes.set_ylabel", lambda axis, label, **kw: labels.append(label))
+    assert_png(plots.plot_tradeoff({"npo": metrics}, tmp_path / "tradeoff.png", metric="rougeL_recall"))
+    assert labels == ["forget ROUGE-L recall (lower: more forgotten)"]

@@ -15,7 +15,9 @@ SPLITS = {"forget", "forget_test", "retain", "test"}
 
 
 def run_recipe(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    # The checkout's package first, whatever `pip install -e` points at.
+    pythonpath = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": pythonpath}
     return subprocess.run(
         [sys.executable, str(RECIPE), "--corpus_preset", "tiny", "--max_steps", "2", "--logging_steps", "1", *args],
         capture_output=True,

@@ -6,11 +6,24 @@ from hf_unlearn.models.reference import (
     processor_for_corpus,
     train_reference_model,
 )
+from hf_unlearn.models.text_reference import (
+    TextReferenceTrainingConfig,
+    load_text_reference_model,
+    tokenizer_for_text_corpus,
+    train_text_reference_model,
+)
+from hf_unlearn.models.tiny_llama import build_llama_tokenizer, build_tiny_llama
 from hf_unlearn.models.tiny_whisper import build_tiny_whisper, build_whisper_processor, build_whisper_tokenizer
 
 
 __all__ = [
     "ReferenceTrainingConfig",
+    "TextReferenceTrainingConfig",
+    "build_llama_tokenizer",
+    "build_tiny_llama",
+    "load_text_reference_model",
+    "tokenizer_for_text_corpus",
+    "train_text_reference_model",
     "build_tiny_whisper",
     "build_whisper_processor",
     "build_whisper_tokenizer",

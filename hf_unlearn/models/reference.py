@@ -8,11 +8,8 @@ tokenizer, model config, hyperparameters), so a benchmark run pays for training 
 
 import hashlib
 import json
-import math
 import os
 import shutil
-import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,16 +17,17 @@ from typing import Literal
 import numpy as np
 import transformers
 from datasets import Dataset, DatasetDict, concatenate_datasets
-from transformers import Trainer, TrainingArguments, WhisperForConditionalGeneration, WhisperProcessor
+from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from hf_unlearn.data.collators import SpeechSeq2SeqCollator, prepare_speech_dataset
-from hf_unlearn.data.speech_corpus import default_cache_dir
+from hf_unlearn.models.cache import INFO_FILE as INFO_FILE  # re-exported: where the info file lives
+from hf_unlearn.models.cache import cached_model_dir, config_for_key
 from hf_unlearn.models.tiny_whisper import build_tiny_whisper, build_whisper_processor
+from hf_unlearn.models.training import fit_from_scratch
 
 
 # Bump when training code changes in a way that changes the result, so stale caches are not reused.
 _REFERENCE_FORMAT_VERSION = 1
-INFO_FILE = "hf_unlearn_reference.json"
 
 
 @dataclass(frozen=True)
@@ -136,32 +134,18 @@ def train_reference_model(
         "data": dataset_digest(train_split),
         "tokenizer": _tokenizer_digest(processor),
         "feature_extractor": processor.feature_extractor.to_dict(),
-        "model": _config_for_key(model.config),
+        "model": config_for_key(model.config),
         "training": asdict(training_config),
     }
-    key = hashlib.sha256(json.dumps(key_payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = root / "reference_models" / f"{kind}-{key}"
-    if (target / INFO_FILE).exists():
-        return str(target)
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{kind}-"))
-    try:
-        stats = _train(model, processor, train_split, training_config, tmp / "trainer")
-        shutil.rmtree(tmp / "trainer", ignore_errors=True)
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        info = {"kind": kind, "key": key, "num_train_utterances": len(train_split), **stats, "key_inputs": key_payload}
-        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished the same model first; keep theirs
-            if not (target / INFO_FILE).exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(target)
+    def build(directory: Path) -> dict:
+        stats = _train(model, processor, train_split, training_config, directory / "trainer")
+        shutil.rmtree(directory / "trainer", ignore_errors=True)
+        model.save_pretrained(directory)
+        processor.save_pretrained(directory)
+        return {"num_train_utterances": len(train_split), **stats}
+
+    return cached_model_dir(kind, key_payload, build, cache_dir)
 
 
 def _train(
@@ -172,38 +156,7 @@ def _train(
     output_dir: Path,
 ) -> dict:
     features = prepare_speech_dataset(train_split, processor)
-    scheduler_kwargs = {}
-    if config.lr_scheduler_type == "warmup_stable_decay":
-        total_steps = math.ceil(len(features) / config.batch_size) * config.num_train_epochs
-        scheduler_kwargs = {"num_decay_steps": max(1, int(config.decay_fraction * total_steps))}
-    args = TrainingArguments(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=config.batch_size,
-        num_train_epochs=config.num_train_epochs,
-        learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_steps,
-        lr_scheduler_type=config.lr_scheduler_type,
-        lr_scheduler_kwargs=scheduler_kwargs,
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        seed=config.seed,
-        data_seed=config.seed,
-        optim="adamw_torch",
-        use_cpu=True,
-        save_strategy="no",
-        logging_steps=50,
-        report_to="none",
-        disable_tqdm=True,
-        # The collator reads `text`; the Trainer must not drop it as "unused by the model".
-        remove_unused_columns=False,
-        dataloader_pin_memory=False,
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=features, data_collator=SpeechSeq2SeqCollator(processor))
-    start = time.perf_counter()
-    result = trainer.train()
-    model.eval()
-    return {"train_seconds": round(time.perf_counter() - start, 2), "train_loss": result.training_loss,
-            "global_step": result.global_step}  # fmt: skip
+    return fit_from_scratch(model, features, SpeechSeq2SeqCollator(processor), config, output_dir)
 
 
 def load_reference_model(path: str | os.PathLike) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
@@ -231,10 +184,3 @@ def dataset_digest(dataset: Dataset) -> str:
 
 def _tokenizer_digest(processor: WhisperProcessor) -> str:
     return hashlib.sha256(processor.tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
-
-
-def _config_for_key(config) -> dict:
-    values = config.to_dict()
-    for name in ("transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype"):
-        values.pop(name, None)
-    return values

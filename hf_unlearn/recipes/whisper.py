@@ -23,12 +23,9 @@ resolved), `metrics.json` (`{"base"|"retrain"|"unlearned": {split: {"wer", "cer"
 and `benchmarks/compare_methods.py` run exactly this code path from any install.
 """
 
-import argparse
-import json
 import os
-import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -95,47 +92,16 @@ class ScriptArguments:
 
 def make_parser(method: str) -> "HfArgumentParser":
     """`HfArgumentParser` over `ScriptArguments` and the method's config (its fields are the method's flags)."""
-    from transformers import HfArgumentParser
+    from .common import make_parser as recipe_parser
 
-    from hf_unlearn import METHODS
-
-    if method not in METHODS:
-        raise SystemExit(f"Unknown --method {method!r}; choose one of {sorted(METHODS)}.")
-    return HfArgumentParser((ScriptArguments, METHODS[method][0]))
+    return recipe_parser(ScriptArguments, method)
 
 
 def parse_args(argv: list[str]) -> tuple[ScriptArguments, "UnlearnConfig"]:
     """YAML preset (`--config`, default the embedded one) first, command line on top (argparse keeps the last flag)."""
-    import yaml
+    from .common import parse_recipe_args
 
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=str(DEFAULT_CONFIG))
-    pre.add_argument("--method")
-    known, rest = pre.parse_known_args(argv)
-    preset = yaml.safe_load(Path(known.config).read_text()) or {}
-    preset_method = preset.pop("method", "graddiff")
-    method = known.method or preset_method
-    if method != preset_method and "retain_weight" in preset:
-        # retain_weight means λ, α or γ depending on the method: a preset's value is only valid for its own method.
-        print(
-            f"Ignoring retain_weight={preset.pop('retain_weight')} from {known.config} (set for {preset_method}); "
-            f"{method} uses its own default unless --retain_weight is given.",
-            file=sys.stderr,
-        )
-    preset.setdefault("output_dir", f"outputs/whisper_tiny-{method}")
-    return make_parser(method).parse_args_into_dataclasses(args=_to_argv(preset) + ["--method", method] + rest)
-
-
-def _to_argv(values: dict) -> list[str]:
-    argv = []
-    for key, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, list):
-            argv += [f"--{key}", *map(str, value)]
-        else:
-            argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
-    return argv
+    return parse_recipe_args(argv, ScriptArguments, DEFAULT_CONFIG, output_prefix="whisper_tiny")
 
 
 def load_data_and_models(script_args: ScriptArguments, seed: int):
@@ -178,22 +144,6 @@ def load_data_and_models(script_args: ScriptArguments, seed: int):
     return corpus, processor, model, retrain
 
 
-def prepare_in_one_process(script_args: ScriptArguments, config: "UnlearnConfig") -> None:
-    """Several processes: build the caches (corpus, reference models) in a separate single-process run first.
-
-    The references are trained with a `Trainer`, which under a launcher would join the process group (DDP, DeepSpeed)
-    and wait for ranks that are not training it. A clean child process trains exactly what a one-process run would,
-    into the same content-keyed cache; every rank then reads it.
-    """
-    if config.process_index == 0:
-        launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-        env = {k: v for k, v in os.environ.items() if k not in launcher and not k.startswith("ACCELERATE_")}
-        fields = {**asdict(script_args), "prepare_only": True, "seed": config.seed, "output_dir": config.output_dir}
-        command = [sys.executable, "-m", "hf_unlearn.recipes.whisper", *_to_argv(fields)]
-        subprocess.run(command, env=env, check=True)
-    config.distributed_state.wait_for_everyone()
-
-
 def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dict[str, dict[str, float]]]:
     """Train, evaluate and save one unlearning run; returns the `metrics.json` content (on every process)."""
     from peft import LoraConfig
@@ -203,21 +153,17 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     from hf_unlearn.distributed import whole_model_loading
     from hf_unlearn.eval.asr import evaluate_asr
     from hf_unlearn.eval.report import metrics_table
-    from hf_unlearn.hub import check_card_template, check_push_to_hub
-    from hf_unlearn.plots import write_run_plots
-    from hf_unlearn.trainer import check_output_dir
+
+    from .common import check_before_training, prepare_in_one_process, write_run_outputs
 
     if script_args.prepare_only:
         load_data_and_models(script_args, config.seed)
         return {}
-    check_output_dir(config)  # before any minute of corpus or model training is spent
-    check_push_to_hub(config)
-    check_card_template()
-    dry_run_dir = Path(script_args.hub_dry_run_dir) if script_args.hub_dry_run_dir else None
-    if dry_run_dir is not None and dry_run_dir.is_dir() and any(dry_run_dir.iterdir()):
-        raise FileExistsError(f"--hub_dry_run_dir {str(dry_run_dir)!r} is not empty; pass an empty or new folder.")
+    # Before any minute of corpus or model training is spent.
+    dry_run_dir = check_before_training(config, script_args.hub_dry_run_dir)
     if config.world_size > 1:
-        prepare_in_one_process(script_args, config)  # every rank below only reads the caches
+        # Every rank below only reads the caches.
+        prepare_in_one_process("hf_unlearn.recipes.whisper", script_args, config)
     with whole_model_loading():
         corpus, processor, model, retrain_model = load_data_and_models(script_args, config.seed)
     prepared = {split: prepare_speech_dataset(corpus[split], processor) for split in SPLITS if split in corpus}
@@ -262,21 +208,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     results["unlearned"] = asr_metrics(final)
     trainer.set_card_info(metrics=results)
 
-    if trainer.is_world_process_zero():
-        output_dir = Path(config.output_dir)
-        (output_dir / "metrics.json").write_text(json.dumps(results, indent=2))
-        trainer.state.save_to_json(str(output_dir / "trainer_state.json"))  # per-step losses and diagnostics
-        resolved = {"script": asdict(script_args), "config": json.loads(config.to_json_string())}
-        (output_dir / "unlearn_config.json").write_text(json.dumps(resolved, indent=2))
-        write_run_plots(output_dir)  # training curves (and gradient conflict, when the method logs it)
-    # After the files above, so that --push_to_hub uploads them with the adapter, processor and card.
-    trainer.save_model(config.output_dir)
-    if dry_run_dir is not None:
-        uploaded = trainer.save_for_hub(dry_run_dir)
-        if trainer.is_world_process_zero():
-            print(f"Dry run: {len(uploaded)} files that push_to_hub would upload written to {dry_run_dir}")
-    if trainer.is_world_process_zero():
-        print(metrics_table(results))
+    write_run_outputs(trainer, config, script_args, results, dry_run_dir, metrics_table(results))
     return results
 
 

@@ -41,11 +41,13 @@ def test_wheel_contains_the_template(tmp_path):
     assert relative in names
     assert zipfile.ZipFile(wheel).read(relative) == DEFAULT_TEMPLATE.read_bytes()
     assert "hf_unlearn/recipes/whisper_tiny.yaml" in names  # `hf-unlearn unlearn`'s default preset
+    assert "hf_unlearn/recipes/llm_tiny.yaml" in names  # `hf-unlearn unlearn --recipe llm`'s
     (entry_points,) = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
     assert "hf-unlearn = hf_unlearn.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
-def test_recipe_preset_link_points_at_the_packaged_default():
-    from hf_unlearn.recipes.whisper import DEFAULT_CONFIG
+def test_recipe_preset_links_point_at_the_packaged_defaults():
+    from hf_unlearn.recipes import llm, whisper
 
-    assert (REPO / "recipes" / "whisper_tiny.yaml").resolve() == DEFAULT_CONFIG.resolve()
+    assert (REPO / "recipes" / "whisper_tiny.yaml").resolve() == whisper.DEFAULT_CONFIG.resolve()
+    assert (REPO / "recipes" / "llm_tiny.yaml").resolve() == llm.DEFAULT_CONFIG.resolve()

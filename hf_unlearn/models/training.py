@@ -1,0 +1,50 @@
+"""Training a reference model from scratch with the HF Trainer, shared by the speech and text references."""
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+from torch import nn
+from transformers import Trainer, TrainingArguments
+
+
+def fit_from_scratch(model: nn.Module, train_dataset: Dataset, collator: Any, config: Any, output_dir: Path) -> dict:
+    """Train `model` in place on CPU under `config` and return training statistics for the cache's info file.
+
+    `config` is a `ReferenceTrainingConfig` or `TextReferenceTrainingConfig` (same fields). With the
+    `"warmup_stable_decay"` schedule the last `decay_fraction` of the steps decay the learning rate to 0.
+    """
+    scheduler_kwargs = {}
+    if config.lr_scheduler_type == "warmup_stable_decay":
+        total_steps = math.ceil(len(train_dataset) / config.batch_size) * config.num_train_epochs
+        scheduler_kwargs = {"num_decay_steps": max(1, int(config.decay_fraction * total_steps))}
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=config.batch_size,
+        num_train_epochs=config.num_train_epochs,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        lr_scheduler_type=config.lr_scheduler_type,
+        lr_scheduler_kwargs=scheduler_kwargs,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        seed=config.seed,
+        data_seed=config.seed,
+        optim="adamw_torch",
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=50,
+        report_to="none",
+        disable_tqdm=True,
+        # The collators read raw columns (`text`, `question`); the Trainer must not drop them as "unused".
+        remove_unused_columns=False,
+        dataloader_pin_memory=False,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, data_collator=collator)
+    start = time.perf_counter()
+    result = trainer.train()
+    model.eval()
+    return {"train_seconds": round(time.perf_counter() - start, 2), "train_loss": result.training_loss,
+            "global_step": result.global_step}  # fmt: skip

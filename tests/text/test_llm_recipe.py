@@ -1,0 +1,107 @@
+"""`recipes/unlearn_llm.py` end to end on the tiniest setting, in a subprocess as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPE = REPO / "recipes" / "unlearn_llm.py"
+SPLITS = {"forget", "retain", "world_facts", "holdout"}
+
+
+def run_recipe(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    pythonpath = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": pythonpath}
+    return subprocess.run(
+        [sys.executable, str(RECIPE), "--corpus_preset", "tiny", "--max_steps", "2", "--logging_steps", "1", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("llm_recipe") / "out"
+    result = run_recipe("--output_dir", str(output_dir))
+    assert result.returncode == 0, result.stderr[-4000:]
+    return output_dir, result
+
+
+def test_recipe_writes_adapter_tokenizer_config_and_metrics(default_run):
+    output_dir, result = default_run
+    assert (output_dir / "adapter_model.safetensors").is_file()
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(output_dir).pad_token is not None
+    resolved = json.loads((output_dir / "unlearn_config.json").read_text())
+    assert resolved["script"]["method"] == "graddiff" and resolved["config"]["max_steps"] == 2
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert set(metrics) == {"base", "retrain", "unlearned"}
+    for per_split in metrics.values():
+        assert set(per_split) == SPLITS
+        assert {"prob", "rougeL_recall", "truth_ratio", "forget_quality", "model_utility", "mia_loss_auc"} <= set(
+            per_split["forget"]
+        )
+    assert "| model | forget ROUGEL_RECALL |" in result.stdout
+    # The base model memorised the forget people; the exact-retrain model never saw them.
+    assert metrics["base"]["forget"]["rougeL_recall"] >= 0.95
+    assert metrics["retrain"]["forget"]["rougeL_recall"] < 0.8
+    assert metrics["base"]["forget"]["mia_loss_auc"] > 0.9
+    assert metrics["retrain"]["forget"]["forget_quality"] == 1.0
+    assert metrics["base"]["forget"]["forget_quality"] < 0.05
+
+
+def test_recipe_with_a_locally_saved_model_and_dataset(default_run, tmp_path):
+    """--model_name_or_path and --dataset_name go through from_pretrained / load_from_disk, as Hub ids would."""
+    from datasets import DatasetDict
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_unlearn.data.text_corpus import TextCorpusConfig, build_text_corpus
+    from hf_unlearn.models.text_reference import (
+        TINY_TEST_LLAMA,
+        TextReferenceTrainingConfig,
+        train_text_reference_model,
+    )
+
+    corpus = build_text_corpus(TextCorpusConfig.tiny())
+    base = train_text_reference_model(corpus, "base", None, TINY_TEST_LLAMA, TextReferenceTrainingConfig.tiny(seed=0))
+    local = tmp_path / "my-llama"
+    AutoModelForCausalLM.from_pretrained(base).save_pretrained(local)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.pad_token = None  # like most causal LMs: the recipe must fall back to eos and say so
+    tokenizer.save_pretrained(local)
+    data = tmp_path / "my-qa"
+    DatasetDict({"forget": corpus["forget"], "retain": corpus["retain"]}).save_to_disk(str(data))
+    output_dir = tmp_path / "out"
+    result = run_recipe(
+        "--model_name_or_path", str(local), "--dataset_name", str(data), "--output_dir", str(output_dir),
+        "--method", "npo",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "no pad token" in result.stderr
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert set(metrics) == {"base", "unlearned"}
+    assert metrics["base"]["forget"]["rougeL_recall"] >= 0.95
+    assert "forget_quality" not in metrics["base"]["forget"]  # no exact-retrain reference for a user model
+    assert "forget_quality not reported" in result.stderr
+
+
+def test_user_dataset_without_question_column_fails_early_naming_the_fix(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    from hf_unlearn.data.text_corpus import load_user_qa_dataset
+
+    rows = Dataset.from_list([{"prompt": "Who?", "answer": "Vaku."}])
+    DatasetDict({"forget": rows, "retain": rows}).save_to_disk(str(tmp_path / "bad"))
+    with pytest.raises(ValueError, match="question.*rename_column"):
+        load_user_qa_dataset(str(tmp_path / "bad"))
+    with pytest.raises(ValueError, match="--forget_split"):
+        load_user_qa_dataset(str(tmp_path / "bad"), forget_split="forget05")
