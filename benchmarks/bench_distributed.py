@@ -191,8 +191,12 @@ def main(args) -> None:
 
     rows = run_workers(args)
     base = {row["processes"]: row["step_ms"] for row in rows if row["method"] == "graddiff"}
-    print(f"\nOrthoGrad over processes — {args.config} Whisper, global batch {args.forget}+{args.retain}, {args.device}")
-    print("| processes | method | per-process m+k | step (ms) | × GradDiff | projection bytes/step | gradient bytes/step |")
+    print(
+        f"\nOrthoGrad over processes — {args.config} Whisper, global batch {args.forget}+{args.retain}, {args.device}"
+    )
+    print(
+        "| processes | method | per-process m+k | step (ms) | × GradDiff | projection bytes/step | gradient bytes/step |"
+    )
     print("|---:|---|---:|---:|---:|---:|---:|")
     for row in rows:
         row["ratio_to_graddiff"] = row["step_ms"] / base[row["processes"]]
