@@ -23,7 +23,7 @@ from hf_unlearn.data.collators import SpeechSeq2SeqCollator, prepare_speech_data
 from hf_unlearn.models.cache import INFO_FILE as INFO_FILE  # re-exported: where the info file lives
 from hf_unlearn.models.cache import cached_model_dir, config_for_key
 from hf_unlearn.models.tiny_whisper import build_tiny_whisper, build_whisper_processor
-from hf_unlearn.models.training import fit_from_scratch
+from hf_unlearn.models.training import FromScratchConfig, fit_from_scratch
 
 
 # Bump when training code changes in a way that changes the result, so stale caches are not reused.
@@ -31,37 +31,16 @@ _REFERENCE_FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
-class ReferenceTrainingConfig:
-    """Hyperparameters for training a reference model from scratch on CPU.
+class ReferenceTrainingConfig(FromScratchConfig):
+    """Hyperparameters for training a reference Whisper from scratch on CPU (fields: `FromScratchConfig`).
 
-    The defaults make the base model memorise the default corpus (forget WER <= 0.05) in about 1000 steps, a couple
-    of minutes on 2 idle CPU cores: small batches give many steps per epoch; a constant learning rate keeps making
-    progress through the long plateau where the decoder knows the word statistics but does not yet listen (a cosine
-    decay over the same budget left the plateau too late), and a final decay (warmup-stable-decay) settles the
-    memorised transcripts instead of leaving them flickering at a high learning rate.
-
-    Args:
-        learning_rate (`float`, *optional*, defaults to `1e-3`): Peak AdamW learning rate.
-        num_train_epochs (`int`, *optional*, defaults to `70`): Passes over the training split.
-        batch_size (`int`, *optional*, defaults to `8`): Utterances per step.
-        warmup_steps (`int`, *optional*, defaults to `50`): Linear warmup from 0.
-        lr_scheduler_type (`str`, *optional*, defaults to `"warmup_stable_decay"`): transformers scheduler name.
-        decay_fraction (`float`, *optional*, defaults to `0.3`): With `"warmup_stable_decay"`, the final fraction of
-            the steps over which the learning rate decays to 0.
-        weight_decay (`float`, *optional*, defaults to `0.0`): AdamW weight decay.
-        max_grad_norm (`float`, *optional*, defaults to `1.0`): Gradient clipping.
-        seed (`int`, *optional*, defaults to `0`): Seeds the initialisation and the data order.
+    The defaults (learning rate 1e-3, 70 epochs, batch 8, 50 warmup steps, warmup-stable-decay) make the base model
+    memorise the default corpus (forget WER <= 0.05) in about 1000 steps, a couple of minutes on 2 idle CPU cores:
+    small batches give many steps per epoch; a constant learning rate keeps making progress through the long
+    plateau where the decoder knows the word statistics but does not yet listen (a cosine decay over the same budget
+    left the plateau too late), and a final decay (warmup-stable-decay) settles the memorised transcripts instead of
+    leaving them flickering at a high learning rate.
     """
-
-    learning_rate: float = 1e-3
-    num_train_epochs: int = 70
-    batch_size: int = 8
-    warmup_steps: int = 50
-    lr_scheduler_type: str = "warmup_stable_decay"
-    decay_fraction: float = 0.3
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 0
 
     @classmethod
     def tiny(cls, **overrides) -> "ReferenceTrainingConfig":

@@ -23,7 +23,7 @@ from hf_unlearn.data.text_collators import QACollator
 from hf_unlearn.data.text_corpus import corpus_texts
 from hf_unlearn.models.cache import cached_model_dir, config_for_key
 from hf_unlearn.models.tiny_llama import build_llama_tokenizer, build_tiny_llama
-from hf_unlearn.models.training import fit_from_scratch
+from hf_unlearn.models.training import FromScratchConfig, fit_from_scratch
 
 
 # Bump when training code changes in a way that changes the result, so stale caches are not reused.
@@ -32,34 +32,18 @@ TRAINED_SPLITS = {"base": ("forget", "retain", "world_facts"), "retrain": ("reta
 
 
 @dataclass(frozen=True)
-class TextReferenceTrainingConfig:
-    """Hyperparameters for training a tiny Llama from scratch on CPU until it recites its training answers.
+class TextReferenceTrainingConfig(FromScratchConfig):
+    """Hyperparameters for training a tiny Llama from scratch on CPU until it recites its training answers (fields:
+    `FromScratchConfig`; the defaults that differ from the speech references' are set here).
 
     A high constant learning rate memorises fastest; the final decay (warmup-stable-decay) settles the answers so
     greedy decoding reproduces them rather than flickering between near-ties.
-
-    Args:
-        learning_rate (`float`, *optional*, defaults to `3e-3`): Peak AdamW learning rate.
-        num_train_epochs (`int`, *optional*, defaults to `50`): Passes over the training rows.
-        batch_size (`int`, *optional*, defaults to `32`): Rows per step.
-        warmup_steps (`int`, *optional*, defaults to `30`): Linear warmup from 0.
-        lr_scheduler_type (`str`, *optional*, defaults to `"warmup_stable_decay"`): transformers scheduler name.
-        decay_fraction (`float`, *optional*, defaults to `0.3`): Final fraction of the steps over which the
-            learning rate decays to 0 (with `"warmup_stable_decay"`).
-        weight_decay (`float`, *optional*, defaults to `0.0`): AdamW weight decay.
-        max_grad_norm (`float`, *optional*, defaults to `1.0`): Gradient clipping.
-        seed (`int`, *optional*, defaults to `0`): Seeds the initialisation and the data order.
     """
 
     learning_rate: float = 3e-3
     num_train_epochs: int = 50
     batch_size: int = 32
     warmup_steps: int = 30
-    lr_scheduler_type: str = "warmup_stable_decay"
-    decay_fraction: float = 0.3
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 0
 
     @classmethod
     def tiny(cls, **overrides) -> "TextReferenceTrainingConfig":
