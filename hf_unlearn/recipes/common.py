@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,34 @@ if TYPE_CHECKING:
     from transformers import HfArgumentParser
 
     from hf_unlearn.configs import UnlearnConfig
+
+
+@dataclass
+class RecipeArguments:
+    """The script fields every recipe has; each recipe's `ScriptArguments` adds its model and data fields."""
+
+    method: str = field(
+        default="graddiff", metadata={"help": "Unlearning method: ga, graddiff, npo, simnpo, orthograd, gru, lur."}
+    )
+    train_retrain_reference: bool = field(
+        default=True, metadata={"help": "Embedded default: also train (and cache) the exact-retrain reference."}
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Cache for the embedded corpus and models (default $HF_UNLEARN_CACHE)."}
+    )
+    prepare_only: bool = field(
+        default=False,
+        metadata={"help": "Only build (and cache) the embedded corpus and reference models, then exit."},
+    )
+    hub_dry_run_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Write the files push_to_hub would upload (adapter, processor or tokenizer, card) into this "
+            "empty folder."
+        },
+    )
 
 
 def make_parser(script_args_cls: type, method: str) -> "HfArgumentParser":

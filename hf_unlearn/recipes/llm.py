@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .common import RecipeArguments
+
 
 if TYPE_CHECKING:
     from transformers import HfArgumentParser
@@ -44,12 +46,9 @@ EVAL_ORDER = ("retain", "world_facts", "holdout", "forget")
 
 
 @dataclass
-class ScriptArguments:
-    """What to unlearn from which model; everything else is the method's config."""
+class ScriptArguments(RecipeArguments):
+    """What to unlearn from which model (plus `RecipeArguments`); everything else is the method's config."""
 
-    method: str = field(
-        default="graddiff", metadata={"help": "Unlearning method: ga, graddiff, npo, simnpo, orthograd, gru, lur."}
-    )
     model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Causal LM (Hub id or local dir). Default: the embedded tiny Llama, trained here."},
@@ -70,30 +69,12 @@ class ScriptArguments:
     forget_people: int | None = field(
         default=None, metadata={"help": "Embedded corpus: people to forget (default 4 of 40, TOFU's forget10)."}
     )
-    train_retrain_reference: bool = field(
-        default=True, metadata={"help": "Embedded default: also train (and cache) the exact-retrain reference."}
-    )
     max_length: int | None = field(
         default=None, metadata={"help": "Longest prompt + answer in tokens (default: the model's context)."}
     )
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         metadata={"help": "Modules that get a LoRA adapter."},
-    )
-    cache_dir: str | None = field(
-        default=None, metadata={"help": "Cache for the embedded corpus and models (default $HF_UNLEARN_CACHE)."}
-    )
-    prepare_only: bool = field(
-        default=False,
-        metadata={"help": "Only build (and cache) the embedded corpus and reference models, then exit."},
-    )
-    hub_dry_run_dir: str | None = field(
-        default=None,
-        metadata={
-            "help": "Write the files push_to_hub would upload (adapter, tokenizer, card) into this empty folder."
-        },
     )
 
 
