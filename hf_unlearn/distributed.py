@@ -76,13 +76,25 @@ def all_reduce_mean_(tensors: list[Tensor]) -> list[Tensor]:
     return tensors
 
 
-def all_gather_rows(tensor: Tensor) -> Tensor:
-    """Concatenate every process's rows (dim 0) in rank order; rows may differ in number between processes."""
+def all_gather_counts(values: list[int], device: torch.device | str = "cpu") -> list[list[int]]:
+    """Every process's small integer vector (same length everywhere), in rank order; `[values]` on one process."""
+    if not is_distributed():
+        return [list(values)]
+    local = torch.tensor(values, dtype=torch.long, device=device)
+    gathered = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    return [[int(v) for v in g] for g in gathered]
+
+
+def all_gather_rows(tensor: Tensor, counts: list[int] | None = None) -> Tensor:
+    """Concatenate every process's rows (dim 0) in rank order; rows may differ in number between processes.
+
+    `counts` (rows per rank), when the caller already has them, saves the collective that would gather them.
+    """
     if not is_distributed():
         return tensor
-    counts = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, torch.tensor([tensor.shape[0]], device=tensor.device))
-    counts = [int(c) for c in counts]
+    if counts is None:
+        counts = [c[0] for c in all_gather_counts([tensor.shape[0]], tensor.device)]
     padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
     padded[: tensor.shape[0]] = tensor
     gathered = [torch.empty_like(padded) for _ in counts]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..distributed import all_gather_rows
+from ..distributed import all_gather_counts, all_gather_rows
 
 
 @dataclass
@@ -21,6 +21,8 @@ class GlobalGram:
 
     gram: Tensor
     """[N, N], N = Σ_r n_r."""
+    forget_mask: Tensor
+    """[N] bool: which rows are forget samples (each rank's rows are its forget samples, then its retain ones)."""
     local_rows: slice
     """This rank's rows (its samples in its own order)."""
     bytes_sent: int
@@ -33,18 +35,18 @@ def flat_per_sample_gradients(per_sample_gradients: dict[str, Tensor]) -> Tensor
     return torch.cat([per_sample_gradients[name].flatten(1) for name in names], dim=1)
 
 
-def global_gram(local_gradients: Tensor) -> GlobalGram:
-    """All-gather [n_r, P] per-sample gradients and form the global Gram; on one process, the local Gram."""
-    gathered = all_gather_rows(local_gradients.contiguous())
-    start = _rows_before(local_gradients.shape[0], local_gradients.device)
+def global_gram(local_gradients: Tensor, num_forget: int) -> GlobalGram:
+    """All-gather [n_r, P] per-sample gradients (this rank's first `num_forget` rows are forget samples) and form
+    the global Gram; on one process, the local Gram. Two collectives: the row counts, then the gradients."""
+    num_rows = local_gradients.shape[0]
+    counts = all_gather_counts([num_forget, num_rows], local_gradients.device)
+    gathered = all_gather_rows(local_gradients.contiguous(), counts=[rows for _, rows in counts])
+    rank = torch.distributed.get_rank() if len(counts) > 1 else 0
+    start = sum(rows for _, rows in counts[:rank])
+    forget_mask = torch.cat([torch.arange(rows) < forget for forget, rows in counts])
     return GlobalGram(
         gram=gathered @ gathered.T,
-        local_rows=slice(start, start + local_gradients.shape[0]),
+        forget_mask=forget_mask,
+        local_rows=slice(start, start + num_rows),
         bytes_sent=local_gradients.numel() * local_gradients.element_size(),
     )
-
-
-def _rows_before(num_rows: int, device: torch.device) -> int:
-    counts = all_gather_rows(torch.tensor([num_rows], device=device))
-    rank = torch.distributed.get_rank() if counts.numel() > 1 else 0
-    return int(counts[:rank].sum())

@@ -19,7 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from transformers import PreTrainedModel
 
 from ..configs import UnlearnConfig
-from ..distributed import all_gather_rows, zero_stage
+from ..distributed import zero_stage
 from ..gradients import (
     LoraGradientCapture,
     VmapPerSampleGradients,
@@ -409,9 +409,9 @@ class OrthoGradTrainer(UnlearnTrainer):
             if self.args.projection_scope == "global" and self.accelerator.num_processes > 1:
                 # Project against every rank's retain samples; each rank keeps its own samples' coefficients and
                 # the gradient all-reduce, which averages over ranks, sums the parts back (hence the scale).
-                shared = global_gram(flat_per_sample_gradients(per_sample.per_sample_gradients()))
-                forget_mask = all_gather_rows(forget_mask.to(shared.gram.device)).cpu()
-                gram, local_rows, scale = shared.gram, shared.local_rows, float(self.accelerator.num_processes)
+                shared = global_gram(flat_per_sample_gradients(per_sample.per_sample_gradients()), num_forget)
+                gram, forget_mask, local_rows = shared.gram, shared.forget_mask, shared.local_rows
+                scale = float(self.accelerator.num_processes)
             else:
                 gram, local_rows, scale = per_sample.gram(), slice(0, num_forget + num_retain), 1.0
             retain_gram, cross, forget_sq_norm = joint_gram_blocks(gram, forget_mask)
