@@ -130,3 +130,40 @@ def whole_model_loading() -> Iterator[None]:
     finally:
         if config is not None:
             hf_deepspeed.set_hf_deepspeed_config(config)
+
+
+# Marks a parameter as in use by `whole_parameters`, next to the ids of the ZeRO-3 modules whose forward holds it.
+_WHOLE_PARAMETERS_HOLD = "hf_unlearn.whole_parameters"
+
+
+@contextlib.contextmanager
+def whole_parameters(parameters: list[torch.nn.Parameter]) -> Iterator[None]:
+    """Inside the block, ZeRO-3-partitioned `parameters` are whole on every process and stay whole; a no-op otherwise.
+
+    ZeRO-3 gathers a parameter only while the module that owns it runs its forward or backward. The meta steps also
+    read the trainable (LoRA) weights outside any module: a surrogate ``⟨p, d_p⟩``, a virtual step ``θ − β·g``,
+    `torch.autograd.grad` with respect to them, and the backward that accumulates into ``p.grad`` (which needs ``p``
+    whole). The block gathers them once and marks them in use, which DeepSpeed's release respects, so module hooks
+    inside the block do not partition them midway; on exit the ones this block gathered are partitioned again. Keep
+    the optimizer step outside the block: it writes the partitions, and only then are the whole copies refreshed.
+    """
+    if not any(hasattr(p, "ds_id") for p in parameters):
+        yield
+        return
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    tracked = [p for p in parameters if hasattr(p, "ds_id")]
+    gathered = [p for p in tracked if p.ds_status == ZeroParamStatus.NOT_AVAILABLE]
+    if gathered:
+        gathered[0].all_gather(param_list=gathered)
+    for param in tracked:
+        param.ds_active_sub_modules.add(_WHOLE_PARAMETERS_HOLD)
+    try:
+        yield
+    finally:
+        for param in tracked:
+            param.ds_active_sub_modules.discard(_WHOLE_PARAMETERS_HOLD)
+        # Those a module still holds (a forward whose backward never ran) are DeepSpeed's to release at its step.
+        release = [p for p in gathered if p.ds_status == ZeroParamStatus.AVAILABLE and not p.ds_active_sub_modules]
+        if release:
+            release[0].partition(param_list=release)

@@ -70,6 +70,43 @@ class _BoundLoss(nn.Module):
         return self.loss(self.model, batch)
 
 
+@contextlib.contextmanager
+def _substituted_by_hooks(model: nn.Module, params: Mapping[str, Tensor]) -> Iterator[None]:
+    """Run `model` at ``params`` by re-running each owning module's forward with them, from a forward hook.
+
+    For DeepSpeed ZeRO-3, whose module hooks walk every module's parameters (`functional_call` would show them plain
+    tensors in place of its partitioned parameters, mid-forward). Here the owning modules keep their parameters, so
+    ZeRO-3 gathers and traces them as usual; a hook placed before ZeRO-3's own replaces the output by the same
+    forward at ``params``, and ZeRO-3's backward hooks then wrap that output. The forward at θ that is discarded
+    costs one extra call of each owning module (for LoRA: the thin adapter matmuls only).
+    """
+    by_module: dict[str, dict[str, Tensor]] = {}
+    for name, tensor in params.items():
+        owner, _, local = name.rpartition(".")
+        by_module.setdefault(owner, {})[local] = tensor
+
+    def make_hook(substitutes: dict[str, Tensor]):
+        def rerun_at_params(module: nn.Module, args, kwargs, output):
+            saved = {local: module._parameters[local] for local in substitutes}
+            module._parameters.update(substitutes)
+            try:
+                return module.forward(*args, **kwargs)
+            finally:
+                module._parameters.update(saved)
+
+        return rerun_at_params
+
+    handles = [
+        model.get_submodule(owner).register_forward_hook(make_hook(substitutes), prepend=True, with_kwargs=True)
+        for owner, substitutes in by_module.items()
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _mean_example_loss(model: nn.Module, batch: Mapping[str, Tensor], config: object | None = None) -> Tensor:
     # (1/B)·Σ_i ℓ_i with ℓ_i the mean over example i's own target tokens (DESIGN §1), not a batch token mean.
     return model_per_example_loss(model, batch, config).mean()
@@ -109,6 +146,7 @@ def batch_loss_fn(
     batch: Any,
     loss: Callable[[nn.Module, Any], Tensor] | None = None,
     config: object | None = None,
+    virtual_forward: str = "auto",
 ) -> LossFn:
     """Bind a batch to a loss so that it can be evaluated at θ (argument ``None``) or at virtual parameters θ'.
 
@@ -125,6 +163,10 @@ def batch_loss_fn(
             Negate it for gradient ascent (``L_u = −L_f``); pass NPO's loss for NPO.
         config (`PretrainedConfig`, *optional*):
             Forwarded to the default loss, for wrapped models that no longer expose ``.config``.
+        virtual_forward (`str`, *optional*, defaults to `"auto"`):
+            How the model runs at virtual parameters: `"functional_call"` (`torch.func.functional_call`), `"hooks"`
+            (each owning module re-runs its forward with them, see `_substituted_by_hooks`), or `"auto"`: hooks when
+            the model is partitioned by DeepSpeed ZeRO-3, whose own hooks cannot see swapped-in tensors.
 
     transformers' activation checkpointing is kept for evaluations at θ and switched off for evaluations at
     virtual parameters (see `_activation_checkpointing_disabled`); reentrant checkpointing is refused.
@@ -140,11 +182,18 @@ def batch_loss_fn(
 
     bound = _BoundLoss(model, loss)
     checkpointed = _checkpointed_modules(model)
+    if virtual_forward not in ("auto", "functional_call", "hooks"):
+        raise ValueError(f"virtual_forward must be 'auto', 'functional_call' or 'hooks', got {virtual_forward!r}.")
+    if virtual_forward == "auto":
+        virtual_forward = "hooks" if any(hasattr(p, "ds_id") for p in model.parameters()) else "functional_call"
 
     def loss_fn(params: Mapping[str, Tensor] | None) -> Tensor:
         if params is None:
             return loss(model, batch)
         with _activation_checkpointing_disabled(checkpointed):
+            if virtual_forward == "hooks":
+                with _substituted_by_hooks(model, params):
+                    return loss(model, batch)
             return functional_call(bound, {f"model.{name}": tensor for name, tensor in params.items()}, (batch,))
 
     return loss_fn
@@ -307,9 +356,10 @@ class LURObjective:
     In a Trainer: take θ and build the loss functions from the bare module, backward ``step.loss`` once per
     micro-batch through ``accelerator.backward``. With several processes pass ``all_reduce_mean`` (the virtual step
     and, in second order, the outer gradient then use global means, see `_distributed_outer`) and average the
-    surrogate's gradient over processes after the backward (DeepSpeed's engine does it). DeepSpeed ZeRO-3 partitions θ outside
-    its own forward hooks, so neither the inner `torch.autograd.grad` nor a `functional_call` at θ' can see whole
-    parameters: use ZeRO-2 or DDP.
+    surrogate's gradient over processes after the backward (DeepSpeed's engine does it). Under DeepSpeed ZeRO-3, call
+    it and the backward inside `hf_unlearn.distributed.whole_parameters(θ)`: ZeRO-3 keeps θ whole only inside the
+    forward of the module that owns it, and the step reads θ outside (`batch_loss_fn` then evaluates θ' through
+    forward hooks rather than `functional_call`).
 
     Metrics (``inner``/``outer`` are L_u/L_r in the default order, L_r/L_u in the mirrored one):
 

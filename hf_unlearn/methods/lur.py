@@ -12,7 +12,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, RandomSampler
 
 from ..configs import UnlearnConfig
-from ..distributed import all_reduce_mean_
+from ..distributed import all_reduce_mean_, whole_parameters
 from ..gradients.meta import LossFn, LURObjective, batch_loss_fn, trainable_parameters
 from ..losses import model_sequence_log_prob, npo_per_example_loss
 from ..trainer import UnlearnTrainer
@@ -158,11 +158,14 @@ class LURTrainer(UnlearnTrainer):
     `training_step` is overridden because the gradient is not that of a loss evaluated at θ. The meta-gradient is
     handed to the optimizer as a surrogate scalar (`hf_unlearn.gradients.meta.LURObjective`) backpropagated once per
     micro-batch through `accelerator.backward`, divided by the accumulation steps exactly as transformers does, so
-    gradient accumulation, any optimizer and DeepSpeed ZeRO-2 see an ordinary gradient. Several processes: the
+    gradient accumulation, any optimizer and DeepSpeed (ZeRO-2 and ZeRO-3) see an ordinary gradient. Several processes: the
     virtual step uses the inner gradient averaged over processes (and, in second order, the outer gradient too), so
     N processes × batch b give the result of one process × batch N·b; under DDP the surrogate's gradient is then
-    averaged by one all-reduce after the backward (the only `.grad` write, and not under DeepSpeed). The virtual point is evaluated with `torch.func.functional_call` on the trainable (LoRA) parameters only:
-    the model is never copied.
+    averaged by one all-reduce after the backward (the only `.grad` write, and not under DeepSpeed). The virtual
+    point is evaluated with `torch.func.functional_call` on the trainable (LoRA) parameters only: the model is never
+    copied. Under ZeRO-3 the trainable parameters are held whole for the step (`whole_parameters`) and the virtual
+    forward substitutes them through forward hooks, which ZeRO-3's own parameter hooks tolerate; both meta orders
+    match one process there too.
 
     Logged: `forget/loss` (L_f(θ)) and `retain/loss` (L_r(θ)) whenever they are evaluated at θ, and the `lur/*`
     metrics of `LURObjective` — every step `lur/inner_loss`, `lur/virtual_outer_loss`, `lur/inner_grad_norm`,
@@ -170,9 +173,8 @@ class LURTrainer(UnlearnTrainer):
     `lur/grad_cosine` (the conflict LUR targets), `lur/outer_loss`, `lur/outer_loss_change` and, in second order,
     `lur/hvp_norm` (β·‖∇²L_inner·∇L_outer(θ')‖, what distinguishes exact from first-order LUR).
 
-    Not supported, refused at construction: DeepSpeed ZeRO-3 and FSDP (parameters are sharded outside their forward,
-    so neither the inner `autograd.grad` nor `functional_call` sees whole parameters) and `nn.DataParallel`
-    (several GPUs without a launcher).
+    Not supported, refused at construction: FSDP (sharded flat parameters cannot be swapped for the virtual step) and
+    `nn.DataParallel` (several GPUs without a launcher).
 
     Example:
 
@@ -231,23 +233,10 @@ class LURTrainer(UnlearnTrainer):
         self._fresh_forget_epoch = 0
 
     def _check_parallelism(self) -> None:
-        if self.is_deepspeed_enabled:
-            plugin = self.accelerator.state.deepspeed_plugin
-            if plugin is not None and plugin.zero_stage == 3:
-                order = (
-                    "Its exact meta-gradient (meta_order='second') cannot run there at all: the Hessian-vector product "
-                    "backpropagates twice through layers whose weights ZeRO-3 has already released; meta_order='first' "
-                    "does not run there yet either, because ZeRO-3 also releases the LoRA weights the virtual step "
-                    "θ − β·∇L reads."
-                )
-                raise ValueError(
-                    f"LURTrainer does not run under DeepSpeed ZeRO-3. {order} Use ZeRO-2 "
-                    "(accelerate_configs/deepspeed_zero2.yaml) or DDP, where both orders match one process."
-                )
         if self.is_fsdp_enabled:
             raise ValueError(
                 "LURTrainer does not support FSDP (sharded flat parameters cannot be swapped for the virtual step); "
-                "use DDP or DeepSpeed ZeRO-2."
+                "use DDP or DeepSpeed (ZeRO-2 or ZeRO-3)."
             )
         if self.args.n_gpu > 1:
             raise ValueError(
@@ -385,9 +374,6 @@ class LURTrainer(UnlearnTrainer):
             self.optimizer.train()
         forget_batch = self._prepare_inputs(inputs)
         retain_batch = self.next_retain_batch()
-        mirrored = self.args.objective_order == "retain_then_unlearn"
-        fresh = self.args.inner_batch == "fresh"
-        record: dict[str, Tensor] = {}
 
         # Forwards run on the bare module: DDP's reducer expects one forward and one backward per step, while the
         # meta step runs two or three forwards and differentiates them with torch.autograd.grad first (in second
@@ -396,6 +382,19 @@ class LURTrainer(UnlearnTrainer):
         manual_all_reduce = self.accelerator.num_processes > 1 and not self.is_deepspeed_enabled
         model = self.accelerator.unwrap_model(model)
         params = trainable_parameters(model)
+        # ZeRO-3: θ is read outside any module (the inner autograd.grad, θ' = θ − β·g, the backward into θ).
+        with whole_parameters(list(params.values())):
+            loss = self._meta_step(model, params, forget_batch, retain_batch)
+        if manual_all_reduce:
+            # Averaging is idempotent on the part already averaged at earlier micro-steps: accumulation stays exact.
+            all_reduce_mean_([p.grad for p in params.values() if p.grad is not None])
+        return loss.detach()
+
+    def _meta_step(self, model: nn.Module, params, forget_batch, retain_batch) -> Tensor:
+        """Build the LUR surrogate for this micro-batch and backpropagate it; returns the scaled meta loss."""
+        mirrored = self.args.objective_order == "retain_then_unlearn"
+        fresh = self.args.inner_batch == "fresh"
+        record: dict[str, Tensor] = {}
         with self.compute_loss_context_manager():
             unlearn_fn = self._unlearn_at(model, forget_batch, record)
             retain_fn = self._retain_at(model, retain_batch, record)
@@ -437,7 +436,4 @@ class LURTrainer(UnlearnTrainer):
             kwargs["scale_wrt_gas"] = False
         loss = step.loss / self.current_gradient_accumulation_steps
         self.accelerator.backward(loss, **kwargs)
-        if manual_all_reduce:
-            # Averaging is idempotent on the part already averaged at earlier micro-steps: accumulation stays exact.
-            all_reduce_mean_([p.grad for p in params.values() if p.grad is not None])
-        return loss.detach()
+        return loss

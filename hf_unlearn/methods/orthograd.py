@@ -19,7 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from transformers import PreTrainedModel
 
 from ..configs import UnlearnConfig
-from ..distributed import zero_stage
+from ..distributed import whole_parameters, zero_stage
 from ..gradients import (
     LoraGradientCapture,
     VmapPerSampleGradients,
@@ -259,8 +259,10 @@ class OrthoGradTrainer(UnlearnTrainer):
     (``max_i |cos(d, ∇ℓ(r_i))|``, ~0 at α = 0), `orthograd/forget_retain_cosine` (``cos(g_f, ḡ_r)``; positive means
     the two conflict), `forget/loss`, `retain/loss` (and `npo/loss` with NPO).
 
-    Multi-process training is refused for now: the projection must be against the global retain batch (DESIGN §5),
-    which needs the per-rank Gram blocks all-gathered; averaging per-rank directions would be a different method.
+    **Several processes** (DDP, DeepSpeed ZeRO-2/3): the projection is against the global retain batch (DESIGN §5):
+    each process all-gathers the others' per-sample LoRA gradients, so N processes × batch b train like one process ×
+    batch N·b; `projection_scope="local"` is the cheaper per-process operator. Under ZeRO-3 the LoRA weights are held
+    whole (`hf_unlearn.distributed.whole_parameters`) while the surrogate is formed and backpropagated.
 
     Example:
 
@@ -300,13 +302,6 @@ class OrthoGradTrainer(UnlearnTrainer):
         super().__init__(model, args, forget_dataset, retain_dataset, **kwargs)
         # The base class keeps the retain stream only when retain_weight > 0; the projection needs it at α = 0 too.
         self.retain_dataset = retain_dataset
-        if zero_stage(self.accelerator) == 3:
-            raise ValueError(
-                f"{type(self).__name__} does not run under DeepSpeed ZeRO-3 yet: ZeRO-3 releases the LoRA weights "
-                "between the capture and the surrogate backward. Use ZeRO-2 (accelerate_configs/deepspeed_zero2.yaml) "
-                "or DDP: with a LoRA adapter the frozen base is the bulk of memory, and ZeRO-2 still partitions the "
-                "adapter's gradients and optimizer state."
-            )
         if self.args.n_gpu > 1:
             raise ValueError(
                 "OrthoGrad does not run under torch DataParallel (several GPUs in one process): launch one process "
@@ -315,6 +310,12 @@ class OrthoGradTrainer(UnlearnTrainer):
         unwrapped = self.accelerator.unwrap_model(self.model)
         _refuse_batch_norm(unwrapped)
         self._per_sample = self._build_per_sample(unwrapped)
+        if self.per_sample_backend == "vmap" and zero_stage(self.accelerator) == 3:
+            raise ValueError(
+                "OrthoGrad's torch.func (vmap) path for full fine-tuning does not run under DeepSpeed ZeRO-3, which "
+                "partitions the very parameters vmap differentiates: train a peft LoRA adapter (fused capture), or use "
+                "ZeRO-2 (accelerate_configs/deepspeed_zero2.yaml) or DDP."
+            )
         self.reference = ReferencePolicy(unwrapped) if self.args.forget_loss == "npo" else None
 
     # ------------------------------------------------------------------ construction
@@ -431,12 +432,14 @@ class OrthoGradTrainer(UnlearnTrainer):
 
         # ⟨p, d_p⟩ with d_p a constant is linear in p, so its gradient is exactly d_p: the optimizer, accumulation and
         # DeepSpeed receive d through an ordinary backward, without touching `.grad` and without a second forward.
-        surrogate = sum((param * update[name].detach()).sum() for name, param in per_sample.parameters.items())
+        parameters = per_sample.parameters
         kwargs = {}
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             # DeepSpeed scales by the accumulation steps itself (transformers PR #35808): do it once, here.
             kwargs["scale_wrt_gas"] = False
-        self.accelerator.backward(surrogate / self.current_gradient_accumulation_steps, **kwargs)
+        with whole_parameters(list(parameters.values())):
+            surrogate = sum((param * update[name].detach()).sum() for name, param in parameters.items())
+            self.accelerator.backward(surrogate / self.current_gradient_accumulation_steps, **kwargs)
 
         forget_loss = losses[:num_forget].mean()
         retain_loss = losses[num_forget:].mean()

@@ -212,6 +212,32 @@ def test_second_order_matches_inline_autograd_and_torch_func(name):
     assert sum(p.numel() for p in params.values()) < sum(p.numel() for p in model.parameters())  # base stays frozen
 
 
+@pytest.mark.parametrize("name", ["gpt2", "whisper"])
+def test_hook_substituted_virtual_forward_gives_the_same_meta_gradient(name):
+    # The forward-hook substitution (used under DeepSpeed ZeRO-3) must equal the functional_call path, both orders.
+    make, reference_loss = CASES[name]
+    model, forget, retain = make()
+    params = trainable_parameters(model)
+    ref_u = lambda p: -reference_loss(model, p, forget)  # noqa: E731
+    ref_r = lambda p: reference_loss(model, p, retain)  # noqa: E731
+    lib_forget = batch_loss_fn(model, forget, virtual_forward="hooks")
+    lib_u = lambda p: -lib_forget(p)  # noqa: E731
+    lib_r = batch_loss_fn(model, retain, virtual_forward="hooks")
+    virtual = {n: p.detach() * 0.9 for n, p in params.items()}
+    assert lib_r(virtual).item() == pytest.approx(ref_r(virtual).item(), rel=1e-12)
+    assert lib_r(virtual).item() != pytest.approx(lib_r(None).item(), rel=1e-6)  # θ' was really used
+    exact, _ = _library_grad(params, LURObjective(inner_lr=BETA, retain_weight=GAMMA), lib_u, lib_r)
+    _assert_rel(exact, _inline_meta_grad(params, ref_u, ref_r, 1.0, GAMMA, BETA), 1e-8, "hooks, second order")
+    first, _ = _library_grad(params, LURObjective(BETA, GAMMA, meta_order="first"), lib_u, lib_r)
+    grad_u = _grad(ref_u, params)
+    at_virtual = {
+        n: (p - BETA * g).detach().requires_grad_() for (n, p), g in zip(params.items(), grad_u, strict=True)
+    }
+    expected = [gu + GAMMA * gr for gu, gr in zip(grad_u, _grad(ref_r, at_virtual), strict=True)]
+    _assert_rel(first, expected, 1e-10, "hooks, first order")
+    assert all(not m._forward_hooks for m in model.modules())  # the substitution leaves no hook behind
+
+
 def test_plain_model_full_fine_tuning():
     model = _ToyModel().double()
     params = trainable_parameters(model)
