@@ -132,6 +132,11 @@ def whole_model_loading() -> Iterator[None]:
             hf_deepspeed.set_hf_deepspeed_config(config)
 
 
+def zero3_partitioned(parameters) -> list[torch.nn.Parameter]:
+    """Those of `parameters` that DeepSpeed ZeRO-3 manages (it tags each with a `ds_id`), whatever their state now."""
+    return [p for p in parameters if hasattr(p, "ds_id")]
+
+
 # Marks a parameter as in use by `whole_parameters`, next to the ids of the ZeRO-3 modules whose forward holds it.
 _WHOLE_PARAMETERS_HOLD = "hf_unlearn.whole_parameters"
 
@@ -147,12 +152,12 @@ def whole_parameters(parameters: list[torch.nn.Parameter]) -> Iterator[None]:
     inside the block do not partition them midway; on exit the ones this block gathered are partitioned again. Keep
     the optimizer step outside the block: it writes the partitions, and only then are the whole copies refreshed.
     """
-    if not any(hasattr(p, "ds_id") for p in parameters):
+    tracked = zero3_partitioned(parameters)
+    if not tracked:
         yield
         return
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
-    tracked = [p for p in parameters if hasattr(p, "ds_id")]
     gathered = [p for p in tracked if p.ds_status == ZeroParamStatus.NOT_AVAILABLE]
     if gathered:
         gathered[0].all_gather(param_list=gathered)

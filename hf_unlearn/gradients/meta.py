@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from hf_unlearn.distributed import zero3_partitioned
 from hf_unlearn.losses import model_per_example_loss
 
 
@@ -185,7 +186,7 @@ def batch_loss_fn(
     if virtual_forward not in ("auto", "functional_call", "hooks"):
         raise ValueError(f"virtual_forward must be 'auto', 'functional_call' or 'hooks', got {virtual_forward!r}.")
     if virtual_forward == "auto":
-        virtual_forward = "hooks" if any(hasattr(p, "ds_id") for p in model.parameters()) else "functional_call"
+        virtual_forward = "hooks" if zero3_partitioned(model.parameters()) else "functional_call"
 
     def loss_fn(params: Mapping[str, Tensor] | None) -> Tensor:
         if params is None:

@@ -158,14 +158,14 @@ class LURTrainer(UnlearnTrainer):
     `training_step` is overridden because the gradient is not that of a loss evaluated at θ. The meta-gradient is
     handed to the optimizer as a surrogate scalar (`hf_unlearn.gradients.meta.LURObjective`) backpropagated once per
     micro-batch through `accelerator.backward`, divided by the accumulation steps exactly as transformers does, so
-    gradient accumulation, any optimizer and DeepSpeed (ZeRO-2 and ZeRO-3) see an ordinary gradient. Several processes: the
-    virtual step uses the inner gradient averaged over processes (and, in second order, the outer gradient too), so
-    N processes × batch b give the result of one process × batch N·b; under DDP the surrogate's gradient is then
-    averaged by one all-reduce after the backward (the only `.grad` write, and not under DeepSpeed). The virtual
-    point is evaluated with `torch.func.functional_call` on the trainable (LoRA) parameters only: the model is never
-    copied. Under ZeRO-3 the trainable parameters are held whole for the step (`whole_parameters`) and the virtual
-    forward substitutes them through forward hooks, which ZeRO-3's own parameter hooks tolerate; both meta orders
-    match one process there too.
+    gradient accumulation, any optimizer and DeepSpeed (ZeRO-2 and ZeRO-3) see an ordinary gradient. Several
+    processes: the virtual step uses the inner gradient averaged over processes (and, in second order, the outer
+    gradient too), so N processes × batch b give the result of one process × batch N·b; under DDP the surrogate's
+    gradient is then averaged by one all-reduce after the backward (the only `.grad` write, and not under DeepSpeed).
+    The virtual point is evaluated with `torch.func.functional_call` on the trainable (LoRA) parameters only: the
+    model is never copied. Under ZeRO-3 the trainable parameters are held whole for the step (`whole_parameters`)
+    and the virtual forward substitutes them through forward hooks, which ZeRO-3's own parameter hooks tolerate;
+    both meta orders match one process there too.
 
     Logged: `forget/loss` (L_f(θ)) and `retain/loss` (L_r(θ)) whenever they are evaluated at θ, and the `lur/*`
     metrics of `LURObjective` — every step `lur/inner_loss`, `lur/virtual_outer_loss`, `lur/inner_grad_norm`,

@@ -122,7 +122,7 @@ def _mean_example_nll(logits, labels):
 CASES = {"gpt2": (_gpt2_case, _gpt2_reference_loss), "whisper": (_whisper_case, _whisper_reference_loss)}
 
 
-def _setup(name):
+def _setup(name, virtual_forward="auto"):
     make, reference_loss = CASES[name]
     model, forget, retain = make()
     params = trainable_parameters(model)
@@ -130,9 +130,9 @@ def _setup(name):
     ref_unlearn = lambda p: -reference_loss(model, p, forget)  # noqa: E731
     ref_retain = lambda p: reference_loss(model, p, retain)  # noqa: E731
     # the library's closures, built with its default per-example loss
-    lib_forget = batch_loss_fn(model, forget)
+    lib_forget = batch_loss_fn(model, forget, virtual_forward=virtual_forward)
     lib_unlearn = lambda p: -lib_forget(p)  # noqa: E731
-    lib_retain = batch_loss_fn(model, retain)
+    lib_retain = batch_loss_fn(model, retain, virtual_forward=virtual_forward)
     return model, params, (ref_unlearn, ref_retain), (lib_unlearn, lib_retain)
 
 
@@ -215,14 +215,7 @@ def test_second_order_matches_inline_autograd_and_torch_func(name):
 @pytest.mark.parametrize("name", ["gpt2", "whisper"])
 def test_hook_substituted_virtual_forward_gives_the_same_meta_gradient(name):
     # The forward-hook substitution (used under DeepSpeed ZeRO-3) must equal the functional_call path, both orders.
-    make, reference_loss = CASES[name]
-    model, forget, retain = make()
-    params = trainable_parameters(model)
-    ref_u = lambda p: -reference_loss(model, p, forget)  # noqa: E731
-    ref_r = lambda p: reference_loss(model, p, retain)  # noqa: E731
-    lib_forget = batch_loss_fn(model, forget, virtual_forward="hooks")
-    lib_u = lambda p: -lib_forget(p)  # noqa: E731
-    lib_r = batch_loss_fn(model, retain, virtual_forward="hooks")
+    model, params, (ref_u, ref_r), (lib_u, lib_r) = _setup(name, virtual_forward="hooks")
     virtual = {n: p.detach() * 0.9 for n, p in params.items()}
     assert lib_r(virtual).item() == pytest.approx(ref_r(virtual).item(), rel=1e-12)
     assert lib_r(virtual).item() != pytest.approx(lib_r(None).item(), rel=1e-6)  # θ' was really used
