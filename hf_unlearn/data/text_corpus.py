@@ -12,9 +12,12 @@ ratio compares. Splits:
 - `forget`: the QA pairs of the first `forget_people` people (TOFU's forget01/05/10 are 1 %/5 %/10 % of its 200
   authors; here it is a count).
 - `retain`: the QA pairs of the other trained people.
+- `real_authors`: one QA pair per "famous author" (who wrote which book), the twin of TOFU's real-authors set:
+  people both the base and the exact-retrain model know, asked about in another template than the forget people,
+  so the split measures knowledge of people *outside* the forget domain.
 - `world_facts`: one QA pair per generated country (its capital). Trained by the base and the exact-retrain model
-  alike but about places, not people: like TOFU's real-author/world-fact sets it measures knowledge *outside* the
-  forget domain, so model utility (retain + world_facts) sees collateral damage that leaks across topics.
+  alike but about places, not people: like TOFU's world-facts set it measures knowledge outside the forget domain.
+  Model utility is, as in TOFU, the harmonic mean of 9 numbers from retain, real_authors and world_facts.
 - `holdout`: QA pairs of `holdout_people` people that no model ever trains on. They are the non-members of the
   membership-inference attacks (forget vs holdout AUC) and show what "never seen" looks like.
 
@@ -36,9 +39,9 @@ from datasets import Dataset, DatasetDict, load_from_disk
 from hf_unlearn.data.speech_corpus import default_cache_dir
 
 
-SPLITS = ("forget", "retain", "world_facts", "holdout")
+SPLITS = ("forget", "retain", "real_authors", "world_facts", "holdout")
 # Bump when the generator or the templates change, so stale caches are not reused.
-_CORPUS_FORMAT_VERSION = 2
+_CORPUS_FORMAT_VERSION = 3
 
 _CONSONANTS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
@@ -58,6 +61,11 @@ _PERSON_TEMPLATES = (
     ("parent", "What did the parent of {name} do?", "The parent of {name} was {parent}.",
      "{name} was raised by {parent}."),
 )  # fmt: skip
+_AUTHOR_TEMPLATE = (
+    "Who wrote {book}?",
+    "{book} was written by {name}.",
+    "The author of {book} is {name}.",
+)
 _WORLD_TEMPLATE = (
     "What is the capital of {country}?",
     "The capital of {country} is {city}.",
@@ -78,6 +86,8 @@ class TextCorpusConfig:
             People never trained on (`holdout`: the non-members of the membership-inference attacks).
         num_countries (`int`, *optional*, defaults to `30`):
             Rows of `world_facts`.
+        num_real_authors (`int`, *optional*, defaults to `20`):
+            Rows of `real_authors` (famous authors that every model trains on).
         num_cities (`int`, *optional*, defaults to `16`):
             Generated city names that birthplaces and capitals are drawn from.
         num_perturbed (`int`, *optional*, defaults to `3`):
@@ -98,6 +108,7 @@ class TextCorpusConfig:
     forget_people: int = 4
     holdout_people: int = 8
     num_countries: int = 30
+    num_real_authors: int = 20
     num_cities: int = 16
     num_perturbed: int = 3
     seed: int = 0
@@ -114,11 +125,17 @@ class TextCorpusConfig:
             raise ValueError("num_perturbed must be at least 1: the truth ratio compares against false answers.")
         if min(self.num_cities, len(_PROFESSIONS), len(_GENRES)) <= self.num_perturbed:
             raise ValueError(f"num_cities must exceed num_perturbed ({self.num_perturbed}) to draw distinct lies.")
+        if self.num_real_authors <= self.num_perturbed:
+            raise ValueError(
+                f"num_real_authors must exceed num_perturbed ({self.num_perturbed}): the false answers of a real "
+                f"author question are the other authors' names, got {self.num_real_authors}."
+            )
 
     @classmethod
     def tiny(cls, **overrides) -> "TextCorpusConfig":
         """A handful of people for tests: a tiny model memorises them in seconds."""
-        values = dict(num_people=6, forget_people=2, holdout_people=2, num_countries=4, num_cities=8)
+        values = dict(num_people=6, forget_people=2, holdout_people=2, num_countries=4, num_real_authors=4,
+                      num_cities=8)  # fmt: skip
         values.update(overrides)
         return cls(**values)
 
@@ -189,6 +206,42 @@ def generate_countries(config: TextCorpusConfig) -> list[dict]:
     return countries
 
 
+def generate_real_authors(config: TextCorpusConfig) -> list[dict]:
+    """Every famous author with their book and false authors to test.
+
+    Names and book titles come from their own generator stream and are checked against every other generated name,
+    and the titles ("The Nouns of Place") have another shape than the forget people's ("The Adjective Noun").
+    """
+    rng = np.random.default_rng([config.seed, 13])
+    first, last, cities = _names(config)
+    seen = {w.lower() for w in first + last + cities}
+    seen |= {c["name"].lower() for c in generate_countries(config)}
+    names = [f"{a} {b}" for a, b in zip(_pseudo_words(rng, config.num_real_authors, seen),
+                                         _pseudo_words(rng, config.num_real_authors, seen), strict=True)]  # fmt: skip
+    places = _pseudo_words(rng, config.num_real_authors, seen)
+    authors = []
+    for i, (name, place) in enumerate(zip(names, places, strict=True)):
+        book = f"The {_NOUNS[int(rng.integers(len(_NOUNS)))]}s of {place}"
+        authors.append({"author_id": f"author_{i}", "name": name, "book": book, "lies": _lies(rng, names, name,
+                        config.num_perturbed)})  # fmt: skip
+    return authors
+
+
+def _author_rows(author: dict) -> list[dict]:
+    question, answer, paraphrase = _AUTHOR_TEMPLATE
+    values = {"book": author["book"], "name": author["name"]}
+    return [
+        {
+            "id": author["author_id"],
+            "person_id": "",
+            "question": question.format(**values),
+            "answer": answer.format(**values),
+            "paraphrased_answer": paraphrase.format(**values),
+            "perturbed_answer": [paraphrase.format(**{**values, "name": lie}) for lie in author["lies"]],
+        }
+    ]
+
+
 def _person_rows(person: dict) -> list[dict]:
     rows = []
     for fact, question, answer, paraphrase in _PERSON_TEMPLATES:
@@ -227,6 +280,7 @@ def _generate(config: TextCorpusConfig) -> DatasetDict:
     splits = {
         "forget": [row for p in trained[: config.forget_people] for row in _person_rows(p)],
         "retain": [row for p in trained[config.forget_people :] for row in _person_rows(p)],
+        "real_authors": [row for a in generate_real_authors(config) for row in _author_rows(a)],
         "world_facts": [row for c in generate_countries(config) for row in _country_rows(c)],
         "holdout": [row for p in holdout for row in _person_rows(p)],
     }
@@ -236,7 +290,8 @@ def _generate(config: TextCorpusConfig) -> DatasetDict:
 def build_text_corpus(
     config: TextCorpusConfig | None = None, cache_dir: str | os.PathLike | None = None
 ) -> DatasetDict:
-    """The corpus's four splits (`forget`, `retain`, `world_facts`, `holdout`), from cache when it exists.
+    """The corpus's five splits (`SPLITS`: `forget`, `retain`, `real_authors`, `world_facts`, `holdout`), from cache
+    when it exists.
 
     Args:
         config ([`TextCorpusConfig`], *optional*): Defaults to `TextCorpusConfig()`.

@@ -1,7 +1,7 @@
 """Base and exact-retrain tiny Llamas of the text benchmark (DESIGN §6, §7), cached like the speech references.
 
-"base" is trained from scratch on forget + retain + world_facts and must have memorised the forget answers;
-"retrain" is trained identically without the forget people: the model unlearning should end up looking like
+"base" is trained from scratch on forget + retain + real_authors + world_facts and must have memorised the forget
+answers; "retrain" is trained identically without the forget people: the model unlearning should end up looking like
 (forget quality compares truth-ratio distributions against it). Both are cached under a hash of their training
 rows, tokenizer, model config and hyperparameters (`hf_unlearn.models.cache`).
 """
@@ -28,7 +28,10 @@ from hf_unlearn.models.training import FromScratchConfig, fit_from_scratch
 
 # Bump when training code changes in a way that changes the result, so stale caches are not reused.
 _TEXT_REFERENCE_FORMAT_VERSION = 1
-TRAINED_SPLITS = {"base": ("forget", "retain", "world_facts"), "retrain": ("retain", "world_facts")}
+TRAINED_SPLITS = {
+    "base": ("forget", "retain", "real_authors", "world_facts"),
+    "retrain": ("retain", "real_authors", "world_facts"),
+}
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,8 @@ def train_text_reference_model(
     """Train (or reuse from cache) a tiny Llama from scratch and return the directory it is saved in.
 
     Args:
-        corpus (`DatasetDict`): Splits `forget`, `retain` and `world_facts` (as from `build_text_corpus`).
+        corpus (`DatasetDict`): Splits `forget`, `retain`, `real_authors` and `world_facts` (as from
+            `build_text_corpus`).
         kind (`"base"` or `"retrain"`): Train on every trained split, or without `forget`.
         tokenizer (`PreTrainedTokenizerFast`, *optional*): Defaults to `tokenizer_for_text_corpus(corpus)`;
             saved with the model.

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 # links here.
 DEFAULT_CONFIG = Path(__file__).with_name("llm_tiny.yaml")
 # Forget last: the evaluator computes forget quality, model utility and MIA AUC when it reaches it.
-EVAL_ORDER = ("retain", "world_facts", "holdout", "forget")
+EVAL_ORDER = ("retain", "real_authors", "world_facts", "holdout", "forget")
 
 
 @dataclass

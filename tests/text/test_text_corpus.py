@@ -2,7 +2,7 @@
 
 import pytest
 
-from hf_unlearn.data.text_corpus import TextCorpusConfig, build_text_corpus, generate_people
+from hf_unlearn.data.text_corpus import TextCorpusConfig, build_text_corpus, generate_people, generate_real_authors
 
 
 def test_corpus_is_deterministic_across_cache_dirs(tmp_path):
@@ -35,3 +35,19 @@ def test_default_corpus_shape_and_disjoint_people(tmp_path):
 def test_config_refuses_forgetting_everyone():
     with pytest.raises(ValueError, match="forget_people"):
         TextCorpusConfig(num_people=4, forget_people=4)
+
+
+def test_real_authors_are_people_outside_the_forget_domain(tmp_path):
+    config = TextCorpusConfig()
+    corpus = build_text_corpus(config, cache_dir=tmp_path)
+    authors = generate_real_authors(config)
+    assert len(corpus["real_authors"]) == config.num_real_authors == len(authors)
+    people_words = {word for person in generate_people(config) for word in person["name"].split()}
+    people_books = {person["facts"]["book"] for person in generate_people(config)}
+    author_words = {word for author in authors for word in author["name"].split()}
+    assert not people_words & author_words  # no author shares a name with a fictitious person
+    assert not people_books & {author["book"] for author in authors}
+    for row in corpus["real_authors"]:
+        assert row["perturbed_answer"] and row["paraphrased_answer"] not in row["perturbed_answer"]
+    with pytest.raises(ValueError, match="num_real_authors"):
+        TextCorpusConfig(num_real_authors=2, num_perturbed=3)

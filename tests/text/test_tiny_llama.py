@@ -32,7 +32,7 @@ def test_reference_cache_is_keyed_by_kind_and_reused(tiny_text_corpus, tiny_text
     base, retrain = train("base"), train("retrain")
     assert base != retrain
     info = json.loads((Path(base) / cache.INFO_FILE).read_text())
-    expected = sum(len(tiny_text_corpus[s]) for s in ("forget", "retain", "world_facts"))
+    expected = sum(len(tiny_text_corpus[s]) for s in ("forget", "retain", "real_authors", "world_facts"))
     assert info["num_train_rows"] == expected
     from hf_unlearn.models import text_reference
 
