@@ -28,6 +28,7 @@ run reads identical rows.
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -325,6 +326,41 @@ def corpus_texts(corpus: DatasetDict) -> list[str]:
     return sorted(set(texts))
 
 
+# TOFU's subsets (https://huggingface.co/datasets/locuslab/TOFU): forget01/05/10 with their complements
+# retain99/95/90 and never-trained holdout01/05/10; `<subset>_perturbed` is the same rows plus paraphrased_answer and
+# perturbed_answer (the truth-ratio columns); retain_perturbed is TOFU's 400-row evaluation subset of the retain set.
+_TOFU_FRACTION = re.compile(r"^(forget|retain|holdout)(\d{2})$")
+_PERTURBED_SUFFIX = "_perturbed"
+RETAIN_EVAL_SPLIT = "retain_perturbed"
+"""A split of this name is evaluated as `retain` (the whole retain split is still what is trained on)."""
+
+
+def _read_splits(name_or_path: str, config_name: str | None) -> dict[str, Dataset]:
+    """Every split of a `save_to_disk` folder, of a folder of `<split>.json(l)` files (TOFU's Hub layout) or of a
+    Hub dataset, by name."""
+    from datasets import load_dataset
+
+    path = Path(name_or_path)
+    if (path / "dataset_dict.json").exists():
+        return dict(load_from_disk(str(path)))
+    files = sorted([*path.glob("*.json"), *path.glob("*.jsonl")]) if path.is_dir() else []
+    if files:
+        return {file.stem: load_dataset("json", data_files=str(file), split="train") for file in files}
+    loaded = load_dataset(name_or_path, config_name)
+    if not isinstance(loaded, DatasetDict):
+        raise ValueError(f"{name_or_path!r} holds a single split; save a DatasetDict with forget/retain splits.")
+    return dict(loaded)
+
+
+def _prefer_perturbed(splits: dict[str, Dataset]) -> dict[str, Dataset]:
+    """`X_perturbed` (X plus the truth-ratio columns) replaces `X`: forget10_perturbed is used as forget10,
+    real_authors_perturbed as real_authors. `retain_perturbed` stays itself (an evaluation subset, not retain90)."""
+    merged = dict(splits)
+    for name in [n for n in splits if n.endswith(_PERTURBED_SUFFIX) and n != RETAIN_EVAL_SPLIT]:
+        merged[name[: -len(_PERTURBED_SUFFIX)]] = merged.pop(name)
+    return merged
+
+
 def load_user_qa_dataset(
     name_or_path: str,
     config_name: str | None = None,
@@ -332,31 +368,42 @@ def load_user_qa_dataset(
     retain_split: str = "retain",
     holdout_split: str | None = "holdout",
 ) -> dict[str, Dataset]:
-    """A TOFU-style QA dataset (Hub name, local `save_to_disk` folder or data directory) as the recipe's splits.
+    """A TOFU-style QA dataset (Hub name, local `save_to_disk` folder, folder of `<split>.json` files) as the
+    recipe's splits.
 
     Needs `question` and `answer` columns; `paraphrased_answer` and `perturbed_answer` (a list or one string)
     enable the truth ratio and forget quality. The named splits are renamed `forget`, `retain`, `holdout`; any other
-    split is kept under its own name and evaluated too.
-    """
-    path = Path(name_or_path)
-    if (path / "dataset_dict.json").exists():
-        loaded = load_from_disk(str(path))
-    else:
-        from datasets import load_dataset
+    split is kept under its own name and evaluated too (`real_authors` and `world_facts` enter model utility).
 
-        loaded = load_dataset(name_or_path, config_name)
-    if not isinstance(loaded, DatasetDict):
-        raise ValueError(f"{name_or_path!r} holds a single split; save a DatasetDict with forget/retain splits.")
+    TOFU's own layout works as it is: with `forget_split="forget10"` the retain and holdout splits default to its
+    complements `retain90` and `holdout10`, `X_perturbed` splits are used as `X` (they add the truth-ratio columns),
+    `retain_perturbed` is evaluated as retain, and TOFU's other fractions (forget01, retain99, full, ...) are left
+    out rather than evaluated.
+    """
+    splits = _prefer_perturbed(_read_splits(name_or_path, config_name))
+    fraction = _TOFU_FRACTION.match(forget_split)
+    if fraction and fraction.group(1) == "forget":
+        percent = int(fraction.group(2))
+        if retain_split == "retain" and "retain" not in splits:
+            retain_split = f"retain{100 - percent:02d}"
+        if holdout_split == "holdout" and "holdout" not in splits:
+            holdout_split = f"holdout{percent:02d}"
+    chosen = {forget_split, retain_split, holdout_split}
+    splits = {
+        name: data
+        for name, data in splits.items()
+        if name in chosen or not (_TOFU_FRACTION.match(name) or name in ("full", "forget", "retain", "holdout"))
+    }
     renames = {forget_split: "forget", retain_split: "retain"}
-    if holdout_split is not None and holdout_split in loaded:
+    if holdout_split is not None and holdout_split in splits:
         renames[holdout_split] = "holdout"
-    missing = [name for name in (forget_split, retain_split) if name not in loaded]
+    missing = [name for name in (forget_split, retain_split) if name not in splits]
     if missing:
         raise ValueError(
-            f"{name_or_path!r} has no split(s) {missing} (splits: {list(loaded)}); pass --forget_split / "
+            f"{name_or_path!r} has no split(s) {missing} (splits: {sorted(splits)}); pass --forget_split / "
             "--retain_split with the names your dataset uses."
         )
-    splits = {renames.get(name, name): split for name, split in loaded.items()}
+    splits = {renames.get(name, name): split for name, split in splits.items()}
     for name, split in splits.items():
         lacking = [column for column in ("question", "answer") if column not in split.column_names]
         if lacking:

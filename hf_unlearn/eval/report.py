@@ -1,9 +1,10 @@
 """Render `{"base"|"retrain"|"unlearned": {split: {metric: value}}}` results as one markdown table."""
 
-# The text recipe's printed table: forget and retain side by side, then the forget split's headline metrics
-# (`metrics.json` has every metric of every split).
+# The text recipe's printed table: forget and retain side by side, then the forget split's headline metrics, those of
+# open-unlearning's default TOFU evaluation included (`metrics.json` has every metric of every split).
 TEXT_TABLE_SPLITS = ("forget", "retain")
-TEXT_TABLE_METRICS = ("rougeL_recall", "prob", "truth_ratio", "forget_quality", "model_utility", "mia_min_k_auc")
+TEXT_TABLE_METRICS = ("rougeL_recall", "prob", "truth_ratio", "extraction_strength", "forget_quality", "model_utility",
+                      "mia_min_k_auc", "privleak")  # fmt: skip
 
 
 def run_table(results: dict[str, dict[str, dict[str, float]]]) -> str:

@@ -17,6 +17,11 @@
     accelerate launch recipes/unlearn_llm.py --model_name_or_path ./my-llama --dataset_name ./my_tofu \
         --lora_target_modules q_proj v_proj --output_dir outputs/my-llama-forget
 
+    # TOFU itself from a local copy (its splits forget10, retain90, holdout10, real_authors, world_facts and their
+    # _perturbed versions; retain90 and holdout10 follow from forget10):
+    accelerate launch recipes/unlearn_llm.py --model_name_or_path ./tofu-llama --dataset_name ./TOFU \
+        --forget_split forget10 --output_dir outputs/tofu-forget10
+
 Writes to `output_dir`: the LoRA adapter (safetensors), the tokenizer, `unlearn_config.json` (everything that was
 resolved), `metrics.json` (`{"base"|"retrain"|"unlearned": {split: {metric: value}}}`), `trainer_state.json`, the
 plots of `hf_unlearn.plots` (PNG) and the model card `README.md`, and prints the table. Parsing, the pre-training
@@ -59,7 +64,9 @@ class ScriptArguments(RecipeArguments):
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of a Hub dataset."})
     forget_split: str = field(default="forget", metadata={"help": "Split of a user dataset to forget."})
-    retain_split: str = field(default="retain", metadata={"help": "Split of a user dataset to retain."})
+    retain_split: str = field(
+        default="retain", metadata={"help": "Split of a user dataset to retain (TOFU: forget10 implies retain90)."}
+    )
     holdout_split: str | None = field(
         default="holdout", metadata={"help": "Never-trained split of a user dataset (MIA non-members), if any."}
     )
@@ -148,6 +155,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
 
     from hf_unlearn import METHODS
     from hf_unlearn.data.text_collators import QACollator, ensure_pad_token
+    from hf_unlearn.data.text_corpus import RETAIN_EVAL_SPLIT
     from hf_unlearn.distributed import whole_model_loading
     from hf_unlearn.eval.report import run_table
     from hf_unlearn.eval.text_evaluator import TextEvaluator, evaluate_text_splits, truth_ratios
@@ -168,9 +176,14 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     max_length = script_args.max_length or getattr(model.config, "max_position_embeddings", None)
-    eval_splits = {name: splits[name] for name in EVAL_ORDER if name in splits}
-    eval_splits.update({name: data for name, data in splits.items() if name not in eval_splits})
-    evaluator = TextEvaluator(tokenizer, max_new_tokens=config.generation_max_new_tokens, max_length=max_length)
+    # A user dataset's retain evaluation subset (TOFU's retain_perturbed) is scored as retain; training uses all.
+    scored = dict(splits)
+    if RETAIN_EVAL_SPLIT in scored:
+        scored["retain"] = scored.pop(RETAIN_EVAL_SPLIT)
+    eval_splits = {name: scored[name] for name in EVAL_ORDER if name in scored}
+    eval_splits.update({name: data for name, data in scored.items() if name not in eval_splits})
+    # Each greedy answer may run to its reference's length + a margin (no fixed budget that cuts long answers).
+    evaluator = TextEvaluator(tokenizer, max_length=max_length)
 
     results = {}
     if retrain_model is not None:
@@ -182,7 +195,10 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
         results["retrain"] = evaluate_text_splits(
             retrain_model, evaluator, eval_splits, config.per_device_eval_batch_size
         )
-        retrain_model.to("cpu")
+        # The other models are scored against it: the reference-model attack (it stays on the device for that)
+        # and privleak (relative to its forget Min-K% AUC).
+        evaluator.reference_model = retrain_model
+        evaluator.reference_min_k_auc = results["retrain"].get("forget", {}).get("mia_min_k_auc")
 
     trainer_cls = METHODS[script_args.method][1]
     trainer = trainer_cls(

@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "unlearn_llm.py"
-SPLITS = {"forget", "retain", "world_facts", "holdout"}
+SPLITS = {"forget", "retain", "real_authors", "world_facts", "holdout"}
 
 
 def run_recipe(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -57,6 +57,18 @@ def test_recipe_writes_adapter_tokenizer_config_and_metrics(default_run):
     assert metrics["base"]["forget"]["mia_loss_auc"] > 0.9
     assert metrics["retrain"]["forget"]["forget_quality"] == 1.0
     assert metrics["base"]["forget"]["forget_quality"] < 0.05
+    # open-unlearning's TOFU extras: privleak and the reference attack are relative to the retrain model.
+    for name in ("base", "unlearned"):
+        forget = metrics[name]["forget"]
+        assert {"extraction_strength", "exact_memorization", "mia_gradnorm_auc", "mia_reference_auc"} <= set(forget)
+        assert forget["privleak"] == pytest.approx(
+            ((1 - forget["mia_min_k_auc"]) - (1 - metrics["retrain"]["forget"]["mia_min_k_auc"]))
+            / (1 - metrics["retrain"]["forget"]["mia_min_k_auc"] + 1e-10)
+            * 100
+        )
+    assert metrics["base"]["forget"]["extraction_strength"] > 0.9  # memorised: recited from the question alone
+    assert "privleak" not in metrics["retrain"]["forget"] and "prob_normalised" in metrics["base"]["real_authors"]
+    assert "forget PRIVLEAK" in result.stdout and "forget EXTRACTION_STRENGTH" in result.stdout
 
 
 def test_recipe_with_a_locally_saved_model_and_dataset(default_run, tmp_path):
@@ -79,16 +91,21 @@ def test_recipe_with_a_locally_saved_model_and_dataset(default_run, tmp_path):
     tokenizer.pad_token = None  # like most causal LMs: the recipe must fall back to eos and say so
     tokenizer.save_pretrained(local)
     data = tmp_path / "my-qa"
-    DatasetDict({"forget": corpus["forget"], "retain": corpus["retain"]}).save_to_disk(str(data))
+    # In TOFU's shape: its subset names (retain90 and holdout10 follow from --forget_split forget10).
+    tofu_names = {"forget10": "forget", "retain90": "retain", "holdout10": "holdout", "real_authors": "real_authors",
+                  "world_facts": "world_facts"}  # fmt: skip
+    DatasetDict({tofu: corpus[ours] for tofu, ours in tofu_names.items()}).save_to_disk(str(data))
     output_dir = tmp_path / "out"
     result = run_recipe(
         "--model_name_or_path", str(local), "--dataset_name", str(data), "--output_dir", str(output_dir),
-        "--method", "npo",
+        "--method", "npo", "--forget_split", "forget10",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     assert "no pad token" in result.stderr
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert set(metrics) == {"base", "unlearned"}
+    assert set(metrics["base"]) == {"forget", "retain", "holdout", "real_authors", "world_facts"}
+    assert {"model_utility", "mia_min_k_auc", "extraction_strength"} <= set(metrics["base"]["forget"])
     assert metrics["base"]["forget"]["rougeL_recall"] >= 0.95
     assert "forget_quality" not in metrics["base"]["forget"]  # no exact-retrain reference for a user model
     assert "forget_quality not reported" in result.stderr
