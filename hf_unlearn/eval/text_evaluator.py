@@ -1,8 +1,10 @@
 """`TextEvaluator`: TOFU-style metrics of a causal LM on QA splits, as a `SplitEvaluator` for `UnlearnTrainer`.
 
-Per example (on each process's shard): the answer's mean NLL and probability, the membership-inference scores,
-the greedy answer and its ROUGE-L recall, and the truth ratio from the paraphrased and perturbed answers. Per split
-(on all gathered records): their means as in `hf_unlearn.eval.tofu`.
+Per example (on each process's shard): the answer's mean NLL and probability (also normalised over the options),
+the membership-inference scores (GradNorm: one backward pass; reference: a forward of `reference_model`), exact
+memorisation and extraction strength, the greedy answer and its ROUGE-L recall, and the truth ratios from the
+paraphrased (or the original) and perturbed answers. Per split (on all gathered records): their means as in
+`hf_unlearn.eval.tofu`.
 
 Two metrics need more than one split, and `aggregate` only ever sees one. The evaluator therefore keeps the
 records of the last aggregated split of every other name and computes the cross-split metrics when the forget
