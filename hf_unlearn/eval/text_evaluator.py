@@ -133,7 +133,7 @@ class TextEvaluator:
         reference_losses = self._score(self.reference_model, pairs)["loss"] if self.reference_model else None
         gradnorms = self._gradnorms(model, pairs) if self.gradnorm_p is not None else None
         records = []
-        for i, row in enumerate(rows):
+        for i in range(len(rows)):
             loss, wrong = answer["loss"][i], pert_losses.get(i, [])
             predicted, labels = answer["predicted"][i], answer["labels"][i]
             record = {
@@ -147,7 +147,8 @@ class TextEvaluator:
                 "exact_memorization": tofu.exact_memorization(predicted, labels),
                 "extraction_strength": tofu.extraction_strength(predicted, labels),
                 "mia_loss": loss,
-                "mia_zlib": tofu.zlib_score(loss, row["answer"]),
+                # The answer as the model scored it (decoded tokens, eos skipped), as open-unlearning compresses it.
+                "mia_zlib": tofu.zlib_score(loss, self.tokenizer.decode(labels.tolist(), skip_special_tokens=True)),
                 "mia_min_k": -tofu.min_k_score(answer["token_log_probs"][i], self.min_k),
                 "mia_min_k_plus_plus": -tofu.min_k_plus_plus_score(
                     answer["token_log_probs"][i], answer["mean"][i], answer["std"][i], self.min_k

@@ -3,6 +3,7 @@ metrics whose inputs are missing left out (never 0) with a log line."""
 
 import logging
 import math
+import zlib
 
 import pytest
 import torch
@@ -98,13 +99,18 @@ def test_answer_scores_match_an_independent_float64_loop(micro_llama, tiny_text_
         mu = (dist.exp() * dist).sum()
         var = (dist.exp() * dist**2).sum() - mu**2
         standardised.append((dist[ids[0, t]] - mu) / torch.sqrt(torch.clamp(var, min=1e-6)))
-    expected = float(torch.stack(standardised).sort().values[:count].mean())
+    expected = float(torch.stack(standardised).detach().sort().values[:count].mean())
     assert -record["mia_min_k_plus_plus"] == pytest.approx(expected, rel=1e-9)
     predicted = torch.stack([logits[t - 1].argmax() for t in positions])
     target = ids[0, len(prompt) : len(prompt) + len(answer)]
     assert record["exact_memorization"] == pytest.approx(float((predicted == target).double().mean()))
     k = next((k for k in range(len(answer)) if torch.equal(predicted[k:], target[k:])), len(answer) - 1)
     assert record["extraction_strength"] == pytest.approx(1 - k / len(answer))
+
+    # zlib: the loss (eos included) over the compressed bytes of the answer as decoded from its tokens.
+    nll = -torch.log_softmax(logits[len(prompt) - 1 : -1], -1).gather(-1, ids[0, len(prompt) :, None]).mean()
+    decoded = tiny_text_tokenizer.decode(answer)
+    assert record["mia_zlib"] == pytest.approx(float(nll) / len(zlib.compress(decoded.encode())), rel=1e-9)
 
     model.zero_grad()
     (-log_probs.mean()).backward()
