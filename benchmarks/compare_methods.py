@@ -229,17 +229,18 @@ def main(argv: list[str] | None = None) -> dict:
     if args.benchmark == "classifier":
         # Two tasks (class-wise, random), SalUn and SCRUB too: its own runner and table (hf_unlearn.recipes).
         from hf_unlearn.recipes.classifier_benchmark import METHODS as CLASSIFIER_METHODS
-        from hf_unlearn.recipes.classifier_benchmark import compare_classifier_methods, write_outputs
+        from hf_unlearn.recipes.classifier_benchmark import compare_classifier_methods
+        from hf_unlearn.recipes.classifier_benchmark import write_outputs as write_classifier_outputs
 
         if args.plot_only:
             summary = json.loads((args.output_dir / "compare_methods_classifier.json").read_text())
-            print(write_outputs(summary, args.output_dir))
+            print(write_classifier_outputs(summary, args.output_dir))
             return summary
         methods = args.methods if "--methods" in argv[:split_at] else list(CLASSIFIER_METHODS)
         summary = compare_classifier_methods(
             methods, seed=args.seed, runs_dir=args.runs_dir / "classifier", output_dir=args.output_dir, extra=extra
         )
-        print(write_outputs(summary, args.output_dir))
+        print(write_classifier_outputs(summary, args.output_dir))
         return summary
     if args.benchmark not in BENCHMARKS:
         parser.error(f"--benchmark {args.benchmark!r} does not exist; available: {', '.join(BENCHMARKS)}.")

@@ -84,7 +84,12 @@ def report(output_dir: Path, plots: bool = True) -> int:
         print(f"hf-unlearn report: {metrics_file} not found; pass a recipe's output_dir.", file=sys.stderr)
         return 1
     results = json.loads(metrics_file.read_text())
-    print(run_table(results))
+    if "avg_gap" in results:  # a classifier run: accuracies, MIA-efficacy, Avg-Gap, UIS
+        from .eval.classification import classification_table
+
+        print(classification_table(results))
+    else:
+        print(run_table(results))
     if plots:
         from .plots import write_run_plots
 

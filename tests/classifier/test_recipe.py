@@ -46,6 +46,8 @@ def test_local_checkpoint_and_dataset(local_data, tmp_path, capsys):
                  "unlearn_config.json"):  # fmt: skip
         assert (out / name).is_file(), name
     assert "| unlearned |" in capsys.readouterr().out
+    assert cli_main(["report", str(out)]) == 0  # the classifier table, and the plots
+    assert "MIA-efficacy" in capsys.readouterr().out and (out / "training_curves.png").is_file()
 
 
 def test_checkpoint_with_another_head_is_fine_tuned_into_references(local_data, tmp_path):
