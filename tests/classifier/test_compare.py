@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 from hf_unlearn.recipes.classifier_benchmark import compare_classifier_methods, markdown_tables
 
 
@@ -73,6 +75,7 @@ def test_plot_only_redraws_from_the_json(tmp_path):
     assert (tmp_path / "compare_methods_classifier.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # ~40 s on the shared 2-core CPU: four recipe runs
 def test_two_methods_on_a_local_checkpoint_and_dataset(tmp_path):
     from datasets import DatasetDict
 

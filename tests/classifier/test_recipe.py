@@ -50,9 +50,13 @@ def test_local_checkpoint_and_dataset(local_data, tmp_path, capsys):
     assert "MIA-efficacy" in capsys.readouterr().out and (out / "training_curves.png").is_file()
 
 
-def test_checkpoint_with_another_head_is_fine_tuned_into_references(local_data, tmp_path):
+def test_checkpoint_with_another_head_is_refused_naming_the_fix(local_data, tmp_path):
     with pytest.raises(ValueError, match="head of 4 classes but the dataset has 10.*--train_references true"):
         run_cli(local_data, tmp_path, "--model_name_or_path", str(local_data / "model4"))
+
+
+@pytest.mark.slow  # ~25 s on the shared 2-core CPU: fine-tunes two references
+def test_checkpoint_with_another_head_is_fine_tuned_into_references(local_data, tmp_path):
     metrics = run_cli(local_data, tmp_path, "--model_name_or_path", str(local_data / "model4"), "--train_references",
                       "true", "--task", "random", "--forget_fraction", "0.2", "--method", "graddiff")  # fmt: skip
     assert {"base", "retrain", "unlearned"} <= set(metrics) and isinstance(metrics["avg_gap"], float)
