@@ -6,6 +6,9 @@
     # The same on the text benchmark (tiny Llama, fictitious people; llm_tiny.yaml: max_steps 50, lr 1e-3, seed 0):
     python benchmarks/compare_methods.py --benchmark text
 
+    # Every method (the 7 + SalUn + SCRUB), class-wise and random forgetting on the digits (tiny ResNet):
+    python benchmarks/compare_methods.py --benchmark classifier
+
     # A subset, another seed, and any recipe field after `--` (applied to every method):
     python benchmarks/compare_methods.py --methods graddiff lur --seed 1 -- --max_steps 40
 
@@ -201,7 +204,9 @@ def markdown_table(benchmark: Benchmark, summary: Mapping) -> str:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], usage="%(prog)s [options] [-- recipe args]")
-    parser.add_argument("--benchmark", default="speech", help=f"Benchmark to run: {', '.join(BENCHMARKS)}.")
+    parser.add_argument(
+        "--benchmark", default="speech", help=f"Benchmark to run: {', '.join(BENCHMARKS)}, classifier."
+    )
     parser.add_argument("--methods", nargs="+", default=list(METHOD_ORDER), help="Methods to compare.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of every run (adapter init and data order).")
     parser.add_argument("--runs_dir", type=Path, default=Path("outputs/compare_methods"), help="Per-method runs.")
@@ -221,6 +226,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser = make_parser()
     args = parser.parse_args(argv[:split_at])
     extra = argv[split_at + 1 :]
+    if args.benchmark == "classifier":
+        # Two tasks (class-wise, random), SalUn and SCRUB too: its own runner and table (hf_unlearn.recipes).
+        from hf_unlearn.recipes.classifier_benchmark import METHODS as CLASSIFIER_METHODS
+        from hf_unlearn.recipes.classifier_benchmark import compare_classifier_methods
+        from hf_unlearn.recipes.classifier_benchmark import write_outputs as write_classifier_outputs
+
+        if args.plot_only:
+            summary = json.loads((args.output_dir / "compare_methods_classifier.json").read_text())
+            print(write_classifier_outputs(summary, args.output_dir))
+            return summary
+        methods = args.methods if "--methods" in argv[:split_at] else list(CLASSIFIER_METHODS)
+        summary = compare_classifier_methods(
+            methods, seed=args.seed, runs_dir=args.runs_dir / "classifier", output_dir=args.output_dir, extra=extra
+        )
+        print(write_classifier_outputs(summary, args.output_dir))
+        return summary
     if args.benchmark not in BENCHMARKS:
         parser.error(f"--benchmark {args.benchmark!r} does not exist; available: {', '.join(BENCHMARKS)}.")
     benchmark = BENCHMARKS[args.benchmark]

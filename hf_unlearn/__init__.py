@@ -15,6 +15,10 @@ from .methods import (
     NPOTrainer,
     OrthoGradConfig,
     OrthoGradTrainer,
+    SalUnConfig,
+    SalUnTrainer,
+    SCRUBConfig,
+    SCRUBTrainer,
     SimNPOConfig,
     SimNPOTrainer,
 )
@@ -39,6 +43,10 @@ __all__ = [
     "NPOTrainer",
     "OrthoGradConfig",
     "OrthoGradTrainer",
+    "SalUnConfig",
+    "SalUnTrainer",
+    "SCRUBConfig",
+    "SCRUBTrainer",
     "SimNPOConfig",
     "SimNPOTrainer",
 ]

@@ -1,6 +1,6 @@
 """`hf-unlearn`: the command line, in the style of `trl` and `transformers env`.
 
-    hf-unlearn unlearn [--recipe whisper|llm] [--config recipes/whisper_tiny.yaml] [--method lur] [any config field ...]
+    hf-unlearn unlearn [--recipe whisper|llm|classifier] [--config PRESET.yaml] [--method lur] [any config field ...]
     hf-unlearn report OUTPUT_DIR [--no-plots]
     hf-unlearn env
 
@@ -19,7 +19,11 @@ from pathlib import Path
 
 
 # Recipe name → module with `run(argv) -> metrics`.
-RECIPES = {"whisper": "hf_unlearn.recipes.whisper", "llm": "hf_unlearn.recipes.llm"}
+RECIPES = {
+    "whisper": "hf_unlearn.recipes.whisper",
+    "llm": "hf_unlearn.recipes.llm",
+    "classifier": "hf_unlearn.recipes.classifier",
+}
 ENV_PACKAGES = (
     "torch",
     "transformers",
@@ -80,7 +84,12 @@ def report(output_dir: Path, plots: bool = True) -> int:
         print(f"hf-unlearn report: {metrics_file} not found; pass a recipe's output_dir.", file=sys.stderr)
         return 1
     results = json.loads(metrics_file.read_text())
-    print(run_table(results))
+    if "avg_gap" in results:  # a classifier run: accuracies, MIA-efficacy, Avg-Gap, UIS
+        from .eval.classification import classification_table
+
+        print(classification_table(results))
+    else:
+        print(run_table(results))
     if plots:
         from .plots import write_run_plots
 

@@ -1,4 +1,4 @@
-"""Per-example sequence losses shared by every method.
+"""Per-example sequence (and classification) losses shared by every method.
 
 Every loss here is reduced **per example**: ``ℓ_i`` is the mean cross-entropy over example ``i``'s own target
 tokens (labels ``!= -100``), never a token mean over the whole batch. With that convention the batch loss
@@ -78,25 +78,49 @@ def shift_labels_right(labels: Tensor, pad_token_id: int, decoder_start_token_id
     return shifted
 
 
-def model_sequence_log_prob(
+def model_target_logits(
     model: torch.nn.Module, inputs: dict[str, Tensor], config: object | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Run ``model`` on a collated batch; return ``(log π(y|x) [B], |y| [B])`` over each example's targets.
+    """Run ``model`` on a collated batch; return ``(logits [B, T, V], labels [B, T])``, aligned target by target.
 
     ``labels`` are taken out of the model call so the model does not also compute its own batch-token-mean loss
     (a wasted vocabulary-sized cross-entropy, and a different reduction). For an encoder-decoder batch without
     ``decoder_input_ids`` they are derived from the labels the way transformers' seq2seq models do. Pass
     ``config`` when ``model`` is wrapped (DDP, DeepSpeed) and no longer exposes ``.config``.
+
+    A classifier's batch (``labels`` of shape ``[B]``, one class per example, logits ``[B, C]``) comes back as a
+    one-target sequence (``[B, 1, C]``, ``[B, 1]``): every per-example loss of this module is then the cross-entropy
+    of the example's label and ``log π(y|x)`` the label's log-probability, so each method trains classifiers with
+    the code it runs on sequences.
     """
     inputs = dict(inputs)
     labels = inputs.pop("labels")
+    if labels.ndim == 1:
+        return model(**inputs).logits.unsqueeze(1), labels.unsqueeze(1)
     config = config if config is not None else model.config
     is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
     if is_encoder_decoder and "decoder_input_ids" not in inputs:
         inputs["decoder_input_ids"] = shift_labels_right(labels, config.pad_token_id, config.decoder_start_token_id)
     outputs = model(**inputs)
-    logits, labels = align_logits_and_labels(outputs.logits, labels, is_encoder_decoder)
-    return sequence_log_prob(logits, labels)
+    return align_logits_and_labels(outputs.logits, labels, is_encoder_decoder)
+
+
+def model_sequence_log_prob(
+    model: torch.nn.Module, inputs: dict[str, Tensor], config: object | None = None
+) -> tuple[Tensor, Tensor]:
+    """Run ``model`` on a collated batch; return ``(log π(y|x) [B], |y| [B])`` over each example's targets (see
+    `model_target_logits`; for a classifier, the label's log-probability and ``|y| = 1``)."""
+    return sequence_log_prob(*model_target_logits(model, inputs, config))
+
+
+def target_lengths(labels: Tensor, is_encoder_decoder: bool) -> Tensor:
+    """``|y|`` [B] of a collated batch's labels without a forward: 1 per example for class labels ``[B]``; for a causal
+    LM the first position predicts nothing (`align_logits_and_labels`)."""
+    if labels.ndim == 1:
+        return torch.ones_like(labels)
+    if not is_encoder_decoder:
+        labels = labels[:, 1:]
+    return (labels != IGNORE_INDEX).sum(1)
 
 
 def model_per_example_loss(model: torch.nn.Module, inputs: dict[str, Tensor], config: object | None = None) -> Tensor:

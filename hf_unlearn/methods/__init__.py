@@ -5,6 +5,8 @@ from .grad_diff import GradDiffConfig, GradDiffTrainer
 from .lur import LURConfig, LURTrainer
 from .npo import NPOConfig, NPOTrainer
 from .orthograd import GRUConfig, GRUTrainer, OrthoGradConfig, OrthoGradTrainer
+from .salun import SalUnConfig, SalUnTrainer
+from .scrub import SCRUBConfig, SCRUBTrainer
 from .simnpo import SimNPOConfig, SimNPOTrainer
 
 
@@ -17,6 +19,8 @@ METHODS = {
     "orthograd": (OrthoGradConfig, OrthoGradTrainer),
     "gru": (GRUConfig, GRUTrainer),
     "lur": (LURConfig, LURTrainer),
+    "salun": (SalUnConfig, SalUnTrainer),
+    "scrub": (SCRUBConfig, SCRUBTrainer),
 }
 
 __all__ = [
@@ -33,6 +37,10 @@ __all__ = [
     "NPOTrainer",
     "OrthoGradConfig",
     "OrthoGradTrainer",
+    "SalUnConfig",
+    "SalUnTrainer",
+    "SCRUBConfig",
+    "SCRUBTrainer",
     "SimNPOConfig",
     "SimNPOTrainer",
 ]

@@ -15,6 +15,7 @@ from ..configs import UnlearnConfig
 from ..distributed import all_reduce_mean_, whole_parameters
 from ..gradients.meta import LossFn, LURObjective, batch_loss_fn, trainable_parameters
 from ..losses import model_sequence_log_prob, npo_per_example_loss
+from ..models.batch_norm import refuse_batch_norm_in_training
 from ..trainer import UnlearnTrainer
 from .reference import ReferencePolicy, reference_log_prob
 
@@ -216,6 +217,8 @@ class LURTrainer(UnlearnTrainer):
         if not isinstance(self.args, LURConfig):
             raise TypeError(f"LURTrainer needs args=LURConfig(...), got {type(self.args).__name__}.")
         self._check_parallelism()
+        # The virtual step must not mix forget and retain samples through batch statistics.
+        refuse_batch_norm_in_training(self.accelerator.unwrap_model(self.model), "LUR")
         config = self.args
         self.lur = LURObjective(
             inner_lr=config.inner_lr,

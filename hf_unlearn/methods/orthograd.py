@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import DistributedType
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from transformers import PreTrainedModel
 
 from ..configs import UnlearnConfig
@@ -34,7 +33,9 @@ from ..losses import (
     npo_per_example_loss,
     per_example_loss_from_log_prob,
     shift_labels_right,
+    target_lengths,
 )
+from ..models.batch_norm import refuse_batch_norm_in_training
 from ..trainer import UnlearnTrainer
 from .reference import ReferencePolicy, reference_log_prob
 
@@ -372,9 +373,7 @@ class OrthoGradTrainer(UnlearnTrainer):
         return torch.where(is_forget, forget_terms, losses)
 
     def _target_lengths(self, labels: Tensor) -> Tensor:
-        if not self.model_config.is_encoder_decoder:
-            labels = labels[:, 1:]  # causal LMs predict token t+1 at t (`losses.align_logits_and_labels`)
-        return (labels != IGNORE_INDEX).sum(1)
+        return target_lengths(labels, bool(getattr(self.model_config, "is_encoder_decoder", False)))
 
     # ------------------------------------------------------------------ the step
 
@@ -389,9 +388,12 @@ class OrthoGradTrainer(UnlearnTrainer):
         if num_retain == 0:
             raise ValueError("The retain batch is empty: OrthoGrad needs at least one retain example per step.")
         unwrapped = self.accelerator.unwrap_model(model)
-        pad_token_id = self.model_config.pad_token_id
+        pad_token_id = getattr(self.model_config, "pad_token_id", None)  # vision configs have none
         joint = concatenate_batches(
-            forget, retain, 0 if pad_token_id is None else pad_token_id, self.model_config.is_encoder_decoder
+            forget,
+            retain,
+            0 if pad_token_id is None else pad_token_id,
+            bool(getattr(self.model_config, "is_encoder_decoder", False)),
         )
         ref_log_prob = None
         if self.reference is not None:
@@ -526,15 +528,9 @@ class GRUTrainer(OrthoGradTrainer):
 
 
 def _refuse_batch_norm(model: nn.Module) -> None:
-    """The Trainer switches every module to training mode at each step, so any BatchNorm couples the samples of a
-    batch and per-sample gradients are undefined. Refuse at construction instead of at the first step."""
-    for name, module in model.named_modules():
-        if isinstance(module, _BatchNorm):
-            raise ValueError(
-                f"`{name}` is a {type(module).__name__}: it normalises with batch statistics during training, so the "
-                "samples of a batch are not independent and OrthoGrad's per-sample gradients are undefined. Replace "
-                "BatchNorm with GroupNorm/LayerNorm."
-            )
+    """The Trainer switches every module to training mode at each step, so a BatchNorm couples the samples of a batch
+    (per-sample gradients undefined) unless it is frozen in eval mode. Refuse at construction, not at the first step."""
+    refuse_batch_norm_in_training(model, "OrthoGrad's per-sample projection")
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
 """Models built from config for the embedded benchmarks, and their cached base/exact-retrain references."""
 
+from hf_unlearn.models.batch_norm import freeze_batch_norm
 from hf_unlearn.models.reference import (
     ReferenceTrainingConfig,
     load_reference_model,
@@ -17,6 +18,7 @@ from hf_unlearn.models.tiny_whisper import build_tiny_whisper, build_whisper_pro
 
 
 __all__ = [
+    "freeze_batch_norm",
     "ReferenceTrainingConfig",
     "TextReferenceTrainingConfig",
     "build_llama_tokenizer",

@@ -1,0 +1,85 @@
+"""The classifier recipe end to end: a local checkpoint and dataset (fast), the embedded default (slow)."""
+
+import json
+
+import pytest
+from datasets import DatasetDict
+
+from hf_unlearn.cli import main as cli_main
+from hf_unlearn.data.digits import build_digits_dataset
+from hf_unlearn.models.tiny_classifier import build_image_processor, build_tiny_classifier
+
+
+@pytest.fixture(scope="module")
+def local_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("classifier")
+    digits = build_digits_dataset(cache_dir=root / "cache")
+    # Two of every class in test, a few dozen training images: enough for every split, seconds to run.
+    small = DatasetDict({"train": digits["train"].select(range(60)), "test": digits["test"].select(range(40))})
+    small.save_to_disk(str(root / "dataset"))
+    for labels in (10, 4):
+        model = build_tiny_classifier(num_labels=labels, hidden_sizes=[8], depths=[1], embedding_size=8)
+        model.save_pretrained(root / f"model{labels}")
+        build_image_processor().save_pretrained(root / f"model{labels}")
+    return root
+
+
+def run_cli(root, tmp_path, *extra):
+    argv = ["unlearn", "--recipe", "classifier", "--dataset_name", str(root / "dataset"), "--cache_dir",
+            str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out"), "--max_steps", "2",
+            "--eval_strategy", "no", "--per_device_train_batch_size", "4", "--per_device_retain_batch_size", "4",
+            *extra]  # fmt: skip
+    assert cli_main(argv) == 0
+    return json.loads((tmp_path / "out" / "metrics.json").read_text())
+
+
+def test_local_checkpoint_and_dataset(local_data, tmp_path, capsys):
+    metrics = run_cli(local_data, tmp_path, "--model_name_or_path", str(local_data / "model10"), "--method", "scrub")
+    assert set(metrics) == {"base", "unlearned", "avg_gap", "base_avg_gap", "uis"}
+    assert metrics["avg_gap"] is None  # no exact-retrain reference for a checkpoint used as is
+    for model in ("base", "unlearned"):
+        assert {"forget", "retain", "test", "forget_test", "mia_efficacy"} == set(metrics[model])
+        assert all(0 <= metrics[model][s]["accuracy"] <= 1 for s in ("forget", "retain", "test", "forget_test"))
+    assert isinstance(metrics["uis"], float)
+    out = tmp_path / "out"
+    for name in ("model.safetensors", "preprocessor_config.json", "README.md", "trainer_state.json",
+                 "unlearn_config.json"):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert "| unlearned |" in capsys.readouterr().out
+    assert cli_main(["report", str(out)]) == 0  # the classifier table, and the plots
+    assert "MIA-efficacy" in capsys.readouterr().out and (out / "training_curves.png").is_file()
+
+
+def test_checkpoint_with_another_head_is_refused_naming_the_fix(local_data, tmp_path):
+    with pytest.raises(ValueError, match="head of 4 classes but the dataset has 10.*--train_references true"):
+        run_cli(local_data, tmp_path, "--model_name_or_path", str(local_data / "model4"))
+
+
+@pytest.mark.slow  # ~25 s on the shared 2-core CPU: fine-tunes two references
+def test_checkpoint_with_another_head_is_fine_tuned_into_references(local_data, tmp_path):
+    metrics = run_cli(local_data, tmp_path, "--model_name_or_path", str(local_data / "model4"), "--train_references",
+                      "true", "--task", "random", "--forget_fraction", "0.2", "--method", "graddiff")  # fmt: skip
+    assert {"base", "retrain", "unlearned"} <= set(metrics) and isinstance(metrics["avg_gap"], float)
+    assert "forget_test" not in metrics["base"]
+
+
+def test_bad_recipe_arguments_fail_before_training(local_data, tmp_path):
+    with pytest.raises(ValueError, match=r"forget_fraction must be in \(0, 1\)"):
+        run_cli(local_data, tmp_path, "--task", "random", "--forget_fraction", "1.5")
+    with pytest.raises(ValueError, match="forget_class=42"):
+        run_cli(local_data, tmp_path, "--forget_class", "42")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_embedded_default_forgets_digit_3_like_exact_retraining(tmp_path, capsys):
+    """From an empty cache: digits, base and exact-retrain tiny ResNets, SalUn on digit 3 (the preset)."""
+    argv = ["unlearn", "--recipe", "classifier", "--cache_dir", str(tmp_path / "cache"), "--output_dir",
+            str(tmp_path / "out"), "--eval_strategy", "no"]  # fmt: skip
+    assert cli_main(argv) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["base"]["forget"]["accuracy"] > 0.95  # base UA ≈ 0
+    assert metrics["retrain"]["forget"]["accuracy"] < 0.05  # retrain UA ≈ 1
+    assert metrics["retrain"]["test"]["accuracy"] > 0.9
+    assert metrics["avg_gap"] < metrics["base_avg_gap"]  # unlearning moved the model towards exact retraining
+    assert "Avg-Gap" in capsys.readouterr().out
