@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,8 +66,12 @@ def parse_recipe_args(
     argv: list[str], script_args_cls: type, default_config: Path, output_prefix: str
 ) -> tuple[Any, "UnlearnConfig"]:
     """`(script_args, method_config)` from the YAML preset (`--config`, default `default_config`), then the command
-    line on top (argparse keeps the last occurrence of a flag). `output_dir` defaults to
-    `outputs/<output_prefix>-<method>`."""
+    line on top (argparse keeps the last occurrence of a flag).
+
+    Resolved here, before any training time: `output_dir` defaults to a fresh `outputs/<output_prefix>-<method>-<time>`
+    folder (or, when resuming a checkpoint path, the folder holding it); `--save_steps N` alone turns step saving on;
+    a misspelt key or flag stops with the closest valid name.
+    """
     import yaml
 
     pre = argparse.ArgumentParser(add_help=False)
@@ -83,9 +88,85 @@ def parse_recipe_args(
             f"{method} uses its own default unless --retain_weight is given.",
             file=sys.stderr,
         )
-    preset.setdefault("output_dir", f"outputs/{output_prefix}-{method}")
     parser = make_parser(script_args_cls, method)
-    return parser.parse_args_into_dataclasses(args=preset_to_argv(preset) + ["--method", method] + rest)
+    check_known_keys(parser, preset, rest, known.config)
+    given = set(preset) | set(cli_flag_names(rest))
+    extra = []
+    if "save_steps" in given and "save_strategy" not in given:
+        extra += ["--save_strategy", "steps"]  # asking for a checkpoint every N steps means saving
+    fresh_output_dir = "output_dir" not in given
+    if fresh_output_dir:
+        extra += ["--output_dir", default_output_dir(output_prefix, method, rest)]
+    script_args, config = parser.parse_args_into_dataclasses(
+        args=preset_to_argv(preset) + ["--method", method] + extra + rest
+    )
+    if fresh_output_dir:
+        agree_on_output_dir(config)
+    return script_args, config
+
+
+def default_output_dir(output_prefix: str, method: str, cli: list[str]) -> str:
+    """The folder of a run given no `--output_dir`: the one holding the checkpoint it resumes, else a new one named
+    by the time (never an earlier run's folder, so nothing is overwritten)."""
+    resume = cli_flag_value(cli, "resume_from_checkpoint")
+    if resume is not None and Path(resume).is_dir():
+        return str(Path(resume).parent)
+    return f"outputs/{output_prefix}-{method}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def agree_on_output_dir(config: "UnlearnConfig") -> None:
+    """Several processes each named the fresh folder by their own clock: take rank 0's."""
+    import torch.distributed as dist
+
+    _ = config.device  # sets up the process group under a launcher
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        chosen = [config.output_dir]
+        dist.broadcast_object_list(chosen, src=0)
+        config.output_dir = chosen[0]
+
+
+def cli_flag_names(cli: list[str]) -> list[str]:
+    """Field names of the `--flags` in `cli` (`--a-b=1` → `a_b`)."""
+    return [item[2:].split("=", 1)[0].replace("-", "_") for item in cli if item.startswith("--") and len(item) > 2]
+
+
+def cli_flag_value(cli: list[str], name: str) -> str | None:
+    """The value of the last `--name VALUE` (or `--name=VALUE`) in `cli`."""
+    value = None
+    for i, item in enumerate(cli):
+        if item == f"--{name}" and i + 1 < len(cli):
+            value = cli[i + 1]
+        elif item.startswith(f"--{name}="):
+            value = item.split("=", 1)[1]
+    return value
+
+
+def check_known_keys(parser: "HfArgumentParser", preset: dict[str, Any], cli: list[str], config_path: str) -> None:
+    """Stop on a YAML key or flag that no field has, naming the closest valid one (argparse alone would print a
+    usage line, and HfArgumentParser a traceback)."""
+    import dataclasses
+    import difflib
+
+    valid = {"config", "method", "help"}
+    for dataclass_type in parser.dataclass_types:
+        for dataclass_field in dataclasses.fields(dataclass_type):
+            valid.add(dataclass_field.name)
+            if dataclass_field.default is True:
+                valid.add(f"no_{dataclass_field.name}")  # HfArgumentParser's negation of a default-True flag
+    problems = []
+    for key in preset:
+        if key not in valid:
+            problems.append((f"key {key!r} in {config_path}", key))
+    for name in cli_flag_names(cli):
+        prefixed = [option for option in valid if option.startswith(name)]
+        if name not in valid and len(prefixed) != 1:  # argparse takes an unambiguous prefix
+            problems.append((f"flag --{name}", name))
+    if problems:
+        lines = []
+        for where, name in problems:
+            close = difflib.get_close_matches(name, sorted(valid), n=1, cutoff=0.6)
+            lines.append(f"Unknown {where}" + (f"; did you mean {close[0]!r}?" if close else "; see --help."))
+        raise SystemExit("\n".join(lines))
 
 
 def preset_to_argv(values: dict[str, Any]) -> list[str]:
@@ -107,7 +188,7 @@ def check_before_training(config: "UnlearnConfig", hub_dry_run_dir: str | None) 
     from hf_unlearn.hub import check_card_template, check_push_to_hub
     from hf_unlearn.trainer import check_output_dir
 
-    check_output_dir(config)
+    check_output_dir(config, config.resume_from_checkpoint)
     check_push_to_hub(config)
     check_card_template()
     dry_run_dir = Path(hub_dry_run_dir) if hub_dry_run_dir else None

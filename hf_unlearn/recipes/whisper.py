@@ -181,7 +181,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
         }
     datasets = [script_args.dataset_name] if script_args.dataset_name else None
     trainer.set_card_info(metrics=results, datasets=datasets)  # checkpoint cards show base/retrain already
-    trainer.train()
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     # An evaluation at the last step (eval_strategy="steps") already scored the final model: reuse it.
     final = next((e for e in reversed(trainer.state.log_history) if "eval_forget_wer" in e), None)
     if final is None or final.get("step") != trainer.state.global_step:
