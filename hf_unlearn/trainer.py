@@ -20,6 +20,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from . import output_files
 from .checkpoints import STAGING_PREFIX, checkpoint_step, resolve_resume_checkpoint, stream_state_file
 from .configs import UnlearnConfig
+from .data.overlap import check_no_overlap
 from .data.streams import CyclingStream
 from .distributed import check_process_count
 from .eval.evaluator import ASREvaluator, ShardPlan, SplitEvaluator
@@ -122,6 +123,7 @@ class UnlearnTrainer(Trainer):
                 f"{type(self).__name__} with retain_weight={args.retain_weight} needs a non-empty retain_dataset; "
                 "pass one, or set retain_weight=0."
             )
+        check_no_overlap(forget_dataset, retain_dataset if needs_retain else None, args.allow_overlap)
         if peft_config is not None:
             from peft import get_peft_model
 
@@ -231,9 +233,8 @@ class UnlearnTrainer(Trainer):
         """Stop on NaN/inf before the optimizer sees it: the last saved checkpoint stays the last good one."""
         if not torch.isfinite(loss).all():
             raise FloatingPointError(
-                f"Non-finite {what} at global step {self.state.global_step}: lower learning_rate, set "
-                "max_grad_norm, or check the data for empty targets. Checkpoints already saved in "
-                f"{self.args.output_dir} are left as they were."
+                f"Non-finite {what} at global step {self.state.global_step}: {non_finite_advice(self.args)} "
+                f"Checkpoints already saved in {self.args.output_dir} are left as they were."
             )
 
     def log_metric(self, key: str, value: torch.Tensor | float) -> None:
@@ -498,6 +499,19 @@ class UnlearnTrainer(Trainer):
         if self.accelerator.num_processes > 1:
             records = gather_object(records)
         return self.evaluator.aggregate(records, split)
+
+
+def non_finite_advice(args: UnlearnConfig) -> str:
+    """What to change after a NaN/inf loss, naming the values this run actually has."""
+    advice = [f"lower learning_rate (now {args.learning_rate:g})"]
+    if args.max_grad_norm and args.max_grad_norm > 0:
+        advice.append(f"lower max_grad_norm (now {args.max_grad_norm:g}; clipping cannot stop a NaN loss itself)")
+    else:
+        advice.append("set max_grad_norm (gradient clipping is off)")
+    if args.fp16 or args.bf16:
+        advice.append(f"train in float32 instead of {'fp16' if args.fp16 else 'bf16'}")
+    advice.append("or check the data for examples without target tokens.")
+    return ", ".join(advice)
 
 
 def unlearning_score(per_split: dict[str, dict[str, float]]) -> float | None:

@@ -182,19 +182,65 @@ def preset_to_argv(values: dict[str, Any]) -> list[str]:
     return argv
 
 
-def check_before_training(config: "UnlearnConfig", hub_dry_run_dir: str | None) -> Path | None:
-    """Refuse what would fail after minutes of work (non-empty output_dir, Hub push without credentials, a bad
-    card template, a non-empty dry-run folder). Returns the dry-run folder, if any."""
+def check_before_training(
+    config: "UnlearnConfig", hub_dry_run_dir: str | None, model_name_or_path: str | None = None
+) -> Path | None:
+    """Refuse what would fail after minutes of work (an output_dir with files the run could replace, a model path
+    that is missing or a Hub id that cannot be fetched, Hub push without credentials, a bad card template, a
+    non-empty dry-run folder). Returns the dry-run folder, if any."""
     from hf_unlearn.hub import check_card_template, check_push_to_hub
     from hf_unlearn.trainer import check_output_dir
 
     check_output_dir(config, config.resume_from_checkpoint)
+    check_model_source(model_name_or_path)
     check_push_to_hub(config)
     check_card_template()
     dry_run_dir = Path(hub_dry_run_dir) if hub_dry_run_dir else None
     if dry_run_dir is not None and dry_run_dir.is_dir() and any(dry_run_dir.iterdir()):
         raise FileExistsError(f"--hub_dry_run_dir {str(dry_run_dir)!r} is not empty; pass an empty or new folder.")
     return dry_run_dir
+
+
+def check_model_source(
+    name_or_path: str | None, flag: str = "--model_name_or_path", probe_timeout: float = 3.0
+) -> None:
+    """A missing local folder, or a Hub id that cannot be fetched, stops here in seconds with the fix named.
+
+    Without this, a mistyped path fails deep in `from_pretrained` with "Repo id must be in the form ...", and a Hub
+    id without network retries for minutes. A Hub id already in the local Hub cache is always accepted.
+    """
+    if name_or_path is None or Path(name_or_path).expanduser().exists():
+        return
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path
+    if looks_local:
+        raise SystemExit(f"{flag} {name_or_path!r}: no such folder. Check the path (a Hub id looks like 'org/name').")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise SystemExit(
+            f"{flag} {name_or_path!r} is a Hub id, but HF_HUB_OFFLINE is set and it is not in the local Hub cache: "
+            "pass a local folder, or unset HF_HUB_OFFLINE on a machine with network to download it."
+        )
+    if not hub_reachable(constants.ENDPOINT, probe_timeout):
+        raise SystemExit(
+            f"{flag} {name_or_path!r} is a Hub id, but {constants.ENDPOINT} cannot be reached and it is not in the "
+            "local Hub cache: pass a local folder, or connect (set HF_HUB_OFFLINE=1 to fail at once next time)."
+        )
+
+
+def hub_reachable(endpoint: str, timeout: float) -> bool:
+    """Whether a TCP connection to the Hub opens within `timeout` seconds (one try, no retries)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            return True
+    except OSError:
+        return False
 
 
 def prepare_in_one_process(recipe_module: str, script_args: Any, config: "UnlearnConfig") -> None:

@@ -158,7 +158,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
         load_data_and_models(script_args, config.seed)
         return {}
     # Before any minute of corpus or model training is spent.
-    dry_run_dir = check_before_training(config, script_args.hub_dry_run_dir)
+    dry_run_dir = check_before_training(config, script_args.hub_dry_run_dir, script_args.model_name_or_path)
     if config.world_size > 1:
         # Every rank below only reads the caches.
         prepare_in_one_process("hf_unlearn.recipes.llm", script_args, config)

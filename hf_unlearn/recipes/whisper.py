@@ -125,6 +125,25 @@ def load_data_and_models(script_args: ScriptArguments, seed: int):
     return corpus, processor, model, retrain
 
 
+def mean_loss(model, dataset, collator, batch_size: int) -> float:
+    """Mean per-example loss of `model` (not the trainer's) on `dataset`: the retrain reference without generate."""
+    import torch
+
+    from hf_unlearn.losses import model_per_example_loss
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    losses = []
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            batch = {key: value.to(device) for key, value in batch.items() if isinstance(value, torch.Tensor)}
+            losses.append(model_per_example_loss(model, batch, model.config).float())
+    model.train(was_training)
+    return float(torch.cat(losses).mean())
+
+
 def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dict[str, dict[str, float]]]:
     """Train, evaluate and save one unlearning run; returns the `metrics.json` content (on every process)."""
     from peft import LoraConfig
@@ -141,7 +160,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
         load_data_and_models(script_args, config.seed)
         return {}
     # Before any minute of corpus or model training is spent.
-    dry_run_dir = check_before_training(config, script_args.hub_dry_run_dir)
+    dry_run_dir = check_before_training(config, script_args.hub_dry_run_dir, script_args.model_name_or_path)
     if config.world_size > 1:
         # Every rank below only reads the caches.
         prepare_in_one_process("hf_unlearn.recipes.whisper", script_args, config)
@@ -166,8 +185,11 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
         ),
     )
 
+    # WER/CER need generate (eval_generate); without it every model is scored by its mean per-example loss only.
+    metric_names = ("wer", "cer", "loss") if config.eval_generate else ("loss",)
+
     def asr_metrics(prefix_metrics: dict) -> dict:
-        return {split: {m: prefix_metrics[f"eval_{split}_{m}"] for m in ("wer", "cer", "loss")} for split in prepared}
+        return {split: {m: prefix_metrics[f"eval_{split}_{m}"] for m in metric_names} for split in prepared}
 
     # The fresh adapter is a no-op (peft initialises lora_B to zero), so this scores the base model.
     results = {"base": asr_metrics(trainer.evaluate())}
@@ -177,19 +199,22 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
             split: evaluate_asr(
                 retrain_model, processor, data, config.per_device_eval_batch_size, config.generation_max_new_tokens
             )
+            if config.eval_generate
+            else {"loss": mean_loss(retrain_model, data, trainer.data_collator, config.per_device_eval_batch_size)}
             for split, data in prepared.items()
         }
     datasets = [script_args.dataset_name] if script_args.dataset_name else None
     trainer.set_card_info(metrics=results, datasets=datasets)  # checkpoint cards show base/retrain already
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     # An evaluation at the last step (eval_strategy="steps") already scored the final model: reuse it.
-    final = next((e for e in reversed(trainer.state.log_history) if "eval_forget_wer" in e), None)
+    final = next((e for e in reversed(trainer.state.log_history) if "eval_forget_loss" in e), None)
     if final is None or final.get("step") != trainer.state.global_step:
         final = trainer.evaluate()
     results["unlearned"] = asr_metrics(final)
     trainer.set_card_info(metrics=results)
 
-    write_run_outputs(trainer, config, script_args, results, dry_run_dir, metrics_table(results))
+    table = metrics_table(results, ("wer", "cer") if config.eval_generate else ("loss",))
+    write_run_outputs(trainer, config, script_args, results, dry_run_dir, table)
     return results
 
 

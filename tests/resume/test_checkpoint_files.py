@@ -72,3 +72,41 @@ def test_overwrite_accepts_the_toolkits_own_outputs(tmp_path):
     check_output_dir(str(tmp_path), overwrite=True, resuming=False)
     with pytest.raises(FileExistsError, match="not empty"):
         check_output_dir(str(tmp_path), overwrite=False, resuming=False)
+
+
+def test_rotation_deletes_only_this_runs_checkpoints(tmp_path):
+    """--overwrite_output_dir over an earlier run with save_total_limit=1: the earlier run's checkpoint and the
+    user's unrelated file survive; of this run's checkpoints only the newest is kept."""
+    from peft import LoraConfig
+
+    from hf_unlearn import GradDiffConfig, GradDiffTrainer
+    from tests.methods.toy_lm import collate, tiny_gpt2, token_dataset
+
+    out = tmp_path / "out"
+    earlier = checkpoint(out, 100)
+    record_outputs(out, preexisting=set())
+    (out / "notes.txt").write_text("mine")
+    args = GradDiffConfig(
+        output_dir=str(out),
+        overwrite_output_dir=True,
+        per_device_train_batch_size=2,
+        max_steps=3,
+        save_strategy="steps",
+        save_steps=1,
+        save_total_limit=1,
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+    )
+    trainer = GradDiffTrainer(
+        model=tiny_gpt2(),
+        args=args,
+        forget_dataset=token_dataset(4, seed=0),
+        retain_dataset=token_dataset(4, seed=1),
+        data_collator=collate,
+        peft_config=LoraConfig(r=2, target_modules=["c_attn"]),
+    )
+    trainer.train()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-100", "checkpoint-3"]
+    assert (earlier / "trainer_state.json").is_file() and (out / "notes.txt").read_text() == "mine"
+    assert "notes.txt" not in json.loads((out / MANIFEST_FILE).read_text())["entries"]
