@@ -270,6 +270,9 @@ class UnlearnTrainer(Trainer):
         """
         checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
         check_output_dir(self.args, checkpoint)
+        refusal = gradient_checkpointing_refusal(self.args, self.model_config)
+        if refusal is not None:
+            raise ValueError(f"{type(self).__name__}: {refusal}")
         self._preexisting_outputs = output_files.foreign_entries(self.args.output_dir)
         self._streams.clear()
         self._resumed_stream_states = None
@@ -499,6 +502,45 @@ class UnlearnTrainer(Trainer):
         if self.accelerator.num_processes > 1:
             records = gather_object(records)
         return self.evaluator.aggregate(records, split)
+
+
+def gradient_checkpointing_refusal(args: UnlearnConfig, model_config: Any) -> str | None:
+    """Why this method cannot train under the requested activation checkpointing (with the fix), or `None`.
+
+    Measured on a tiny GPT-2 (tests/safety/test_gradient_checkpointing.py): the loss-only methods train under both
+    variants. Reentrant checkpointing re-runs blocks inside backward, outside OrthoGrad/GRU's capture hooks and
+    invisible to `torch.autograd.grad` (LUR). Second-order LUR differentiates through a checkpointed forward, whose
+    recompute under SDPA attention takes another kernel than the forward did (a CheckpointError); with eager
+    attention it trains and equals the run without checkpointing.
+    """
+    enabled = getattr(args, "activation_checkpointing", False) or getattr(args, "gradient_checkpointing", False)
+    if not enabled:
+        return None
+    kwargs = getattr(args, "activation_checkpointing_kwargs", None) or getattr(
+        args, "gradient_checkpointing_kwargs", None
+    )
+    # transformers 5.24 passes use_reentrant=False when no kwargs are given; torch's checkpoint defaults to True.
+    reentrant = bool(kwargs.get("use_reentrant", True)) if kwargs else False
+    if reentrant and hasattr(args, "per_sample_gradients"):  # OrthoGrad, GRU
+        return (
+            "reentrant gradient checkpointing re-runs each block outside the hooks that capture per-sample "
+            "gradients: pass gradient_checkpointing_kwargs={'use_reentrant': False} (transformers' default)."
+        )
+    if hasattr(args, "meta_order"):  # LUR
+        if reentrant:
+            return (
+                "reentrant gradient checkpointing is invisible to torch.autograd.grad, which the inner step needs: "
+                "pass gradient_checkpointing_kwargs={'use_reentrant': False} (transformers' default)."
+            )
+        # Checked against transformers 5.24: `config._attn_implementation` names the attention kernel in use.
+        attention = getattr(model_config, "_attn_implementation", None)
+        if args.meta_order == "second" and attention != "eager":
+            return (
+                f"meta_order='second' differentiates through checkpointed forwards, which {attention!r} attention "
+                "recomputes with another kernel: load the model with attn_implementation='eager' (exact, equal to "
+                "no checkpointing), use meta_order='first', or turn gradient_checkpointing off."
+            )
+    return None
 
 
 def non_finite_advice(args: UnlearnConfig) -> str:
