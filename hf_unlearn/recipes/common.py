@@ -260,6 +260,26 @@ def prepare_in_one_process(recipe_module: str, script_args: Any, config: "Unlear
     config.distributed_state.wait_for_everyone()
 
 
+def mean_example_loss(model: Any, dataset: Any, collator: Any, batch_size: int) -> float:
+    """Mean per-example loss of `model` (not the trainer's) on `dataset`: how a recipe scores the exact-retrain
+    reference with `--eval_generate false`."""
+    import torch
+
+    from hf_unlearn.losses import model_per_example_loss
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    losses = []
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            batch = {key: value.to(device) for key, value in batch.items() if isinstance(value, torch.Tensor)}
+            losses.append(model_per_example_loss(model, batch, model.config).float())
+    model.train(was_training)
+    return float(torch.cat(losses).mean())
+
+
 def write_run_outputs(
     trainer: Any, config: "UnlearnConfig", script_args: Any, results: dict, dry_run_dir: Path | None, table: str
 ) -> None:

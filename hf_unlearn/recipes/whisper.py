@@ -125,25 +125,6 @@ def load_data_and_models(script_args: ScriptArguments, seed: int):
     return corpus, processor, model, retrain
 
 
-def mean_loss(model, dataset, collator, batch_size: int) -> float:
-    """Mean per-example loss of `model` (not the trainer's) on `dataset`: the retrain reference without generate."""
-    import torch
-
-    from hf_unlearn.losses import model_per_example_loss
-
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    losses = []
-    with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-            batch = {key: value.to(device) for key, value in batch.items() if isinstance(value, torch.Tensor)}
-            losses.append(model_per_example_loss(model, batch, model.config).float())
-    model.train(was_training)
-    return float(torch.cat(losses).mean())
-
-
 def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dict[str, dict[str, float]]]:
     """Train, evaluate and save one unlearning run; returns the `metrics.json` content (on every process)."""
     from peft import LoraConfig
@@ -154,7 +135,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     from hf_unlearn.eval.asr import evaluate_asr
     from hf_unlearn.eval.report import metrics_table
 
-    from .common import check_before_training, prepare_in_one_process, write_run_outputs
+    from .common import check_before_training, mean_example_loss, prepare_in_one_process, write_run_outputs
 
     if script_args.prepare_only:
         load_data_and_models(script_args, config.seed)
@@ -200,7 +181,11 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
                 retrain_model, processor, data, config.per_device_eval_batch_size, config.generation_max_new_tokens
             )
             if config.eval_generate
-            else {"loss": mean_loss(retrain_model, data, trainer.data_collator, config.per_device_eval_batch_size)}
+            else {
+                "loss": mean_example_loss(
+                    retrain_model, data, trainer.data_collator, config.per_device_eval_batch_size
+                )
+            }
             for split, data in prepared.items()
         }
     datasets = [script_args.dataset_name] if script_args.dataset_name else None

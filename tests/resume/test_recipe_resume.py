@@ -29,3 +29,15 @@ def test_recipe_saves_resumes_and_runs_without_generate(tmp_path):
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 3
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3]
+
+
+def test_llm_recipe_without_generate_reports_losses(tmp_path):
+    """In this process (the tiny corpus and models are cached by the other recipe tests)."""
+    from hf_unlearn.recipes import llm
+
+    out = tmp_path / "run"
+    argv = ["--corpus_preset", "tiny", "--max_steps", "2", "--eval_generate", "false", "--output_dir", str(out)]
+    results = llm.run(argv)
+    assert set(results) == {"base", "retrain", "unlearned"}
+    assert all(set(per_split) == {"loss"} for model in results.values() for per_split in model.values())
+    assert json.loads((out / "metrics.json").read_text()) == results
