@@ -32,6 +32,13 @@ OVERRIDES = {
     "orthograd": {"retain_weight": 0.5},
     "gru": {"retain_weight": 0.5},
     "lur": {"retain_weight": 1.0, "inner_lr": 0.5},
+    # LUR drawing a fresh forget batch for θ' (a third stream, also saved in checkpoints), mirrored order.
+    "lur_fresh": {
+        "retain_weight": 1.0,
+        "inner_lr": 0.5,
+        "inner_batch": "fresh",
+        "objective_order": "retain_then_unlearn",
+    },
 }
 STEPS, SAVE_STEPS = 10, 4
 
@@ -54,7 +61,7 @@ def train(
     kill_after_save: int | None = None,
     kill_while_saving: int | None = None,
 ) -> None:
-    config_cls, trainer_cls = METHODS[method]
+    config_cls, trainer_cls = METHODS[method.split("_")[0]]
     args = config_cls(
         output_dir=str(output_dir),
         per_device_train_batch_size=2,

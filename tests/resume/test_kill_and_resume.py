@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 
 SCRIPT = Path(__file__).with_name("run_resumable.py")
-ALL_METHODS = ["ga", "graddiff", "npo", "simnpo", "orthograd", "gru", "lur"]
+ALL_METHODS = ["ga", "graddiff", "npo", "simnpo", "orthograd", "gru", "lur", "lur_fresh"]
 
 
 def run(output_root: Path, methods: list[str], *flags: str) -> subprocess.CompletedProcess:
@@ -37,13 +37,15 @@ def kill_then_resume(tmp_path: Path, methods: list[str], kill_flag: str, kill_st
     return {method: tmp_path / "crashed" / method for method in methods}
 
 
-def test_resume_in_process_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("run_name", ["graddiff", "lur_fresh"])
+def test_resume_in_process_matches_uninterrupted_run(tmp_path, run_name):
     """Fast case of the contract: resuming from checkpoint-4 of a finished run (into a new output_dir) ends with the
-    same adapter; checkpoint-4 sits mid-pass of the retain stream and mid-epoch of the forget stream."""
+    same adapter; checkpoint-4 sits mid-pass of the retain stream (and of LUR's fresh forget stream) and mid-epoch of
+    the forget stream."""
     from tests.resume.run_resumable import train
 
-    train("graddiff", tmp_path / "full")
-    train("graddiff", tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-4"))
+    train(run_name, tmp_path / "full")
+    train(run_name, tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-4"))
     assert max_adapter_difference(tmp_path / "full", tmp_path / "resumed") == 0.0
     assert sorted(p.name for p in (tmp_path / "resumed").glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-8"]
 
