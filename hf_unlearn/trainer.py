@@ -306,7 +306,7 @@ class UnlearnTrainer(Trainer):
         # `_push_from_checkpoint` uploads `output_dir`, not the checkpoint folder: keep its card current (trl does
         # the same); the checkpoint folder gets its own through `save_model`.
         self.create_model_card()
-        output_dir = Path(self.args.output_dir)
+        output_dir = Path(self._get_output_dir(trial))  # output_dir, or a hyperparameter-search trial's folder
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staging = output_dir / f"{STAGING_PREFIX}{self.state.global_step}"
         final = output_dir / name
@@ -321,12 +321,13 @@ class UnlearnTrainer(Trainer):
         streams = {key: stream.state_dict() for key, stream in self._streams.items()}
         (staging / name).mkdir(parents=True, exist_ok=True)
         torch.save(streams, staging / name / stream_state_file(self.accelerator.process_index))
-        if self.args.should_save and self.state.best_model_checkpoint is not None:
-            # The Trainer recorded the staging path for a best checkpoint saved just now.
-            self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(
-                str(staging / name), str(final)
-            )
-            self.state.save_to_json(str(staging / name / TRAINER_STATE_NAME))
+        best = self.state.best_model_checkpoint
+        if best is not None and best.startswith(str(staging)):
+            # The Trainer recorded the staging path for a best checkpoint saved just now, on every process (each one
+            # loads it at the end under DeepSpeed).
+            self.state.best_model_checkpoint = str(final)
+            if self.args.should_save:
+                self.state.save_to_json(str(staging / name / TRAINER_STATE_NAME))
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             if final.exists():  # an earlier toolkit run's (check_output_dir refused anyone else's)
