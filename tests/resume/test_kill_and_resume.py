@@ -117,33 +117,35 @@ def test_stream_state_replays_to_the_same_batches():
     assert [original.next().tolist() for _ in range(6)] == [restored.next().tolist() for _ in range(6)]
 
 
-def launch_ddp(output_root: Path, methods: list[str], *flags: str) -> subprocess.CompletedProcess:
+def launch(config: str, output_root: Path, methods: list[str], *flags: str) -> subprocess.CompletedProcess:
     repo = SCRIPT.parents[2]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
-    command += [str(repo / "accelerate_configs" / "cpu_ddp.yaml"), "--main_process_port", "29561"]
+    command += [str(repo / "accelerate_configs" / f"{config}.yaml"), "--main_process_port", "29561"]
     command += [str(SCRIPT), str(output_root), "--methods", *methods, *flags]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_two_process_run_killed_after_a_checkpoint_resumes_to_the_same_adapter(tmp_path):
-    """Under cpu_ddp each process saves and restores its own retain-stream position."""
-    methods = ["graddiff", "orthograd", "lur"]
-    full = launch_ddp(tmp_path / "full", methods)
+@pytest.mark.parametrize(
+    ("config", "methods"), [("cpu_ddp", ["graddiff", "orthograd", "lur"]), ("cpu_zero3", ["graddiff", "lur"])]
+)
+def test_two_process_run_killed_after_a_checkpoint_resumes_to_the_same_adapter(tmp_path, config, methods):
+    """Under DDP and ZeRO-3 each process saves and restores its own retain-stream position."""
+    full = launch(config, tmp_path / "full", methods)
     assert full.returncode == 0, full.stderr[-3000:]
     for method in methods:
-        killed = launch_ddp(tmp_path / "crashed", [method], "--kill_after_save", "4")
+        killed = launch(config, tmp_path / "crashed", [method], "--kill_after_save", "4")
         assert killed.returncode != 0, killed.stderr[-3000:]
         checkpoint = tmp_path / "crashed" / method / "checkpoint-4"
         assert {p.name for p in checkpoint.glob("hf_unlearn_streams_*.pt")} == {
             "hf_unlearn_streams_0.pt",
             "hf_unlearn_streams_1.pt",
         }
-    resumed = launch_ddp(tmp_path / "crashed", methods, "--resume")
+    resumed = launch(config, tmp_path / "crashed", methods, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     gaps = {m: max_adapter_difference(tmp_path / "full" / m, tmp_path / "crashed" / m) for m in methods}
     assert gaps == dict.fromkeys(methods, 0.0), gaps
