@@ -185,12 +185,14 @@ def preset_to_argv(values: dict[str, Any]) -> list[str]:
 def check_before_training(
     config: "UnlearnConfig", hub_dry_run_dir: str | None, model_name_or_path: str | None = None
 ) -> Path | None:
-    """Refuse what would fail after minutes of work (an output_dir with files the run could replace, a model path
-    that is missing or a Hub id that cannot be fetched, Hub push without credentials, a bad card template, a
-    non-empty dry-run folder). Returns the dry-run folder, if any."""
+    """Refuse what would fail after minutes of work (nothing to resume from, an output_dir with files the run could
+    replace, a model path that is missing or a Hub id that cannot be fetched, Hub push without credentials, a bad
+    card template, a non-empty dry-run folder). Returns the dry-run folder, if any."""
+    from hf_unlearn.checkpoints import resolve_resume_checkpoint
     from hf_unlearn.hub import check_card_template, check_push_to_hub
     from hf_unlearn.trainer import check_output_dir
 
+    resolve_resume_checkpoint(config.resume_from_checkpoint, config.output_dir)  # raises if nothing to resume
     check_output_dir(config, config.resume_from_checkpoint)
     check_model_source(model_name_or_path)
     check_push_to_hub(config)

@@ -48,3 +48,11 @@ def test_misspelt_yaml_key_names_the_closest_field(tmp_path):
         SystemExit, match=r"Unknown key 'retain_wieght' in .*preset.yaml; did you mean 'retain_weight'"
     ):
         llm.parse_args(["--config", str(config)])
+
+
+def test_resume_with_nothing_to_resume_is_refused_before_training(tmp_path):
+    from hf_unlearn.recipes.common import check_before_training
+
+    _, config = whisper.parse_args(["--output_dir", str(tmp_path), "--resume_from_checkpoint", "true"])
+    with pytest.raises(FileNotFoundError, match="No complete checkpoint"):
+        check_before_training(config, None)
