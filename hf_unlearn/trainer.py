@@ -140,7 +140,7 @@ class UnlearnTrainer(Trainer):
         self._resumed_stream_states: dict[str, dict] | None = None
         # Checkpoint folders this run wrote (rotation deletes no other) and output_dir entries that predate it.
         self._own_checkpoints: list[str] = []
-        self._preexisting_outputs: set[str] = set()
+        self._preexisting_outputs: set[str] | None = None  # set by train()
         self._card_info: dict[str, Any] = {"metrics": None, "datasets": None, "command": hub_card.reproduce_command()}
         self._forget_fingerprint: dict[str, Any] | None = None
         if evaluator is None and args.eval_generate and _is_speech_processor(processing_class):
@@ -336,7 +336,7 @@ class UnlearnTrainer(Trainer):
             shutil.rmtree(staging, ignore_errors=True)
             self._own_checkpoints.append(str(final))
             self._rotate_own_checkpoints()
-            output_files.record_outputs(output_dir, self._preexisting_outputs)
+            output_files.record_outputs(output_dir, self._preexisting_outputs or set())
         self.accelerator.wait_for_everyone()
 
     def _get_output_dir(self, trial: Any) -> str:
@@ -416,12 +416,15 @@ class UnlearnTrainer(Trainer):
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """[`~transformers.Trainer.save_model`], then the model card beside the weights (peft's own card replaced)."""
+        target = output_dir if output_dir is not None else self.args.output_dir
+        preexisting = self._preexisting_outputs
+        if preexisting is None and target is not None:  # saved without train(): what is there now is not ours
+            preexisting = output_files.foreign_entries(target)
         # With push_to_hub, the parent pushes from here; push_to_hub writes the card itself before uploading.
         super().save_model(output_dir, _internal_call=_internal_call)
-        target = output_dir if output_dir is not None else self.args.output_dir
         self.create_model_card(output_dir=target)
         if self.is_world_process_zero() and target is not None and _same_folder(target, self.args.output_dir):
-            output_files.record_outputs(target, self._preexisting_outputs)
+            output_files.record_outputs(target, preexisting)
 
     def save_for_hub(self, folder: str | os.PathLike) -> list[str]:
         """Write into `folder` exactly the files `push_to_hub` would upload, without network; returns their paths.
