@@ -56,3 +56,13 @@ def test_resume_with_nothing_to_resume_is_refused_before_training(tmp_path):
     _, config = whisper.parse_args(["--output_dir", str(tmp_path), "--resume_from_checkpoint", "true"])
     with pytest.raises(FileNotFoundError, match="No complete checkpoint"):
         check_before_training(config, None)
+
+
+def test_overwrite_never_replaces_the_users_model_card(tmp_path):
+    from hf_unlearn.recipes.common import check_before_training
+
+    (tmp_path / "README.md").write_text("my notes")
+    _, config = llm.parse_args(["--output_dir", str(tmp_path), "--overwrite_output_dir", "true"])
+    with pytest.raises(FileExistsError, match=r"\['README.md'\].*move them"):
+        check_before_training(config, None)
+    assert (tmp_path / "README.md").read_text() == "my notes"
