@@ -113,6 +113,7 @@ def worker(args) -> None:
     placeholder = Dataset.from_list([{"x": 0}] * max(m, k))
     common = dict(
         output_dir="/tmp/bench_distributed",
+        allow_overlap=True,  # one placeholder dataset for both streams; the batches are fixed below
         per_device_train_batch_size=m,
         per_device_retain_batch_size=k,
         use_cpu=args.device == "cpu",

@@ -215,6 +215,7 @@ def build(name: str, args, k: int):
     placeholder = Dataset.from_list([{"x": 0}] * max(k, args.forget))
     common = dict(
         output_dir="/tmp/bench_orthograd",
+        allow_overlap=True,  # one placeholder dataset for both streams; the batches are fixed below
         per_device_train_batch_size=args.forget,
         per_device_retain_batch_size=k,
         use_cpu=args.device == "cpu",

@@ -43,7 +43,11 @@ class UnlearnConfig(TrainingArguments):
 
         overwrite_output_dir (`bool`, *optional*, defaults to `False`):
             Training into a non-empty `output_dir` is refused unless this is set (or a checkpoint is resumed), so
-            earlier results are never overwritten by accident.
+            earlier results are never overwritten by accident. Even then, only files an earlier hf-unlearn run wrote
+            there are replaced (see `hf_unlearn.output_files`).
+        allow_overlap (`bool`, *optional*, defaults to `False`):
+            Forget and retain sets that share examples (same `id`, or same content) are refused, since such a run
+            trains the same example up and down; set this to train anyway.
 
     Defaults changed from [`~transformers.TrainingArguments`]: `remove_unused_columns=False` (collators read raw
     columns such as `text`), `logging_steps=10`, `save_strategy="no"` (set it to save checkpoints).
@@ -61,7 +65,13 @@ class UnlearnConfig(TrainingArguments):
     eval_generate: bool = field(
         default=True, metadata={"help": "Transcribe eval splits with generate() to report WER/CER (speech models)."}
     )
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow training into a non-empty output_dir."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Allow training into a non-empty output_dir (replaces only files hf-unlearn wrote there)."},
+    )
+    allow_overlap: bool = field(
+        default=False, metadata={"help": "Train even when forget and retain sets share examples (refused otherwise)."}
+    )
 
     # TrainingArguments defaults that do not suit unlearning runs.
     remove_unused_columns: bool = field(

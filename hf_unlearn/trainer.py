@@ -1,8 +1,11 @@
 """`UnlearnTrainer`: the forget/retain plumbing every method shares. No unlearning maths lives here."""
 
+import logging
 import os
+import shutil
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,13 +14,22 @@ from datasets import Dataset
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 from transformers import PreTrainedModel, Trainer, TrainerCallback, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from . import output_files
+from .checkpoints import STAGING_PREFIX, checkpoint_step, resolve_resume_checkpoint, stream_state_file
 from .configs import UnlearnConfig
+from .data.overlap import check_no_overlap
+from .data.streams import CyclingStream
 from .distributed import check_process_count
 from .eval.evaluator import ASREvaluator, ShardPlan, SplitEvaluator
 from .hub import model_card as hub_card
 from .hub import trainer_card
 from .losses import model_per_example_loss
+
+
+logger = logging.getLogger(__name__)
 
 
 class UnlearnTrainer(Trainer):
@@ -111,6 +123,7 @@ class UnlearnTrainer(Trainer):
                 f"{type(self).__name__} with retain_weight={args.retain_weight} needs a non-empty retain_dataset; "
                 "pass one, or set retain_weight=0."
             )
+        check_no_overlap(forget_dataset, retain_dataset if needs_retain else None, args.allow_overlap)
         if peft_config is not None:
             from peft import get_peft_model
 
@@ -123,9 +136,11 @@ class UnlearnTrainer(Trainer):
 
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.retain_dataset = retain_dataset if needs_retain else None
-        self._retain_iterator: Iterator | None = None
-        self._retain_dataloader: DataLoader | None = None
-        self._retain_epoch = 0
+        self._streams: dict[str, CyclingStream] = {}
+        self._resumed_stream_states: dict[str, dict] | None = None
+        # Checkpoint folders this run wrote (rotation deletes no other) and output_dir entries that predate it.
+        self._own_checkpoints: list[str] = []
+        self._preexisting_outputs: set[str] | None = None  # set by train()
         self._card_info: dict[str, Any] = {"metrics": None, "datasets": None, "command": hub_card.reproduce_command()}
         self._forget_fingerprint: dict[str, Any] | None = None
         if evaluator is None and args.eval_generate and _is_speech_processor(processing_class):
@@ -170,18 +185,24 @@ class UnlearnTrainer(Trainer):
         """Next retain batch, on the training device; the stream wraps around (and reshuffles) without end."""
         if self.retain_dataset is None:
             raise RuntimeError(f"{type(self).__name__} has no retain stream (retain_weight=0 or no retain_dataset).")
-        if self._retain_dataloader is None:
-            self._retain_dataloader = self.get_retain_dataloader()
-            self._retain_iterator = iter(self._retain_dataloader)
-        try:
-            batch = next(self._retain_iterator)
-        except StopIteration:
-            self._retain_epoch += 1
-            if hasattr(self._retain_dataloader, "set_epoch"):
-                self._retain_dataloader.set_epoch(self._retain_epoch)
-            self._retain_iterator = iter(self._retain_dataloader)
-            batch = next(self._retain_iterator)
-        return self._prepare_inputs(batch)
+        if "retain" not in self._streams:
+            self.register_stream("retain", self.get_retain_dataloader)
+        return self._prepare_inputs(self._streams["retain"].next())
+
+    def register_stream(self, name: str, make_dataloader: Callable[[], DataLoader]) -> CyclingStream:
+        """A second data stream (beside the Trainer's forget stream) whose position every checkpoint saves.
+
+        On resume, its position is restored from the checkpoint, so the resumed run reads the same batches as an
+        uninterrupted one. Create it lazily (at its first batch), after `train()` has started.
+        """
+        stream = CyclingStream(make_dataloader)
+        if self._resumed_stream_states is not None:
+            if name in self._resumed_stream_states:
+                stream.load_state_dict(self._resumed_stream_states[name])
+            else:
+                logger.warning("The resumed checkpoint has no position for the %r stream: it restarts.", name)
+        self._streams[name] = stream
+        return stream
 
     # ------------------------------------------------------------------ losses
 
@@ -212,9 +233,8 @@ class UnlearnTrainer(Trainer):
         """Stop on NaN/inf before the optimizer sees it: the last saved checkpoint stays the last good one."""
         if not torch.isfinite(loss).all():
             raise FloatingPointError(
-                f"Non-finite {what} at global step {self.state.global_step}: lower learning_rate, set "
-                "max_grad_norm, or check the data for empty targets. Checkpoints already saved in "
-                f"{self.args.output_dir} are left as they were."
+                f"Non-finite {what} at global step {self.state.global_step}: {non_finite_advice(self.args)} "
+                f"Checkpoints already saved in {self.args.output_dir} are left as they were."
             )
 
     def log_metric(self, key: str, value: torch.Tensor | float) -> None:
@@ -241,8 +261,103 @@ class UnlearnTrainer(Trainer):
     # ------------------------------------------------------------------ training
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        check_output_dir(self.args, resume_from_checkpoint)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        """[`~transformers.Trainer.train`], resumable to the same result as an uninterrupted run.
+
+        `resume_from_checkpoint=True` takes the latest *complete* checkpoint in `output_dir` (incomplete ones are
+        skipped with a warning); the positions of the retain stream (and any other registered stream) are restored
+        with the model, optimizer, scheduler, RNG and forget stream. Raises, naming the fix, when `output_dir` holds
+        files this run could replace but did not write (see `hf_unlearn.output_files`).
+        """
+        checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        check_output_dir(self.args, checkpoint)
+        refusal = gradient_checkpointing_refusal(self.args, self.model_config)
+        if refusal is not None:
+            raise ValueError(f"{type(self).__name__}: {refusal}")
+        self._preexisting_outputs = output_files.foreign_entries(self.args.output_dir)
+        self._streams.clear()
+        self._resumed_stream_states = None
+        if checkpoint is not None:
+            self._resumed_stream_states = self._load_stream_states(checkpoint)
+            self._own_checkpoints = sorted(
+                (
+                    str(Path(self.args.output_dir) / name)
+                    for name in output_files.written_by_toolkit(self.args.output_dir)
+                    if checkpoint_step(name) is not None
+                ),
+                key=checkpoint_step,
+            )
+        return super().train(resume_from_checkpoint=checkpoint, **kwargs)
+
+    def _load_stream_states(self, checkpoint: str) -> dict[str, dict] | None:
+        path = Path(checkpoint) / stream_state_file(self.accelerator.process_index)
+        if not path.is_file():
+            logger.warning("%s has no %s: the retain stream restarts at its first batch.", checkpoint, path.name)
+            return None
+        return torch.load(path, weights_only=True)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """Write the checkpoint into `.tmp-checkpoint-N/` and rename it to `checkpoint-N` once complete.
+
+        A run killed while saving leaves only the temporary folder, which resume ignores. Each process adds its
+        streams' positions. Rotation (`save_total_limit`) then deletes only checkpoints this run wrote.
+        """
+        # `_push_from_checkpoint` uploads `output_dir`, not the checkpoint folder: keep its card current (trl does
+        # the same); the checkpoint folder gets its own through `save_model`.
+        self.create_model_card()
+        output_dir = Path(self._get_output_dir(trial))  # output_dir, or a hyperparameter-search trial's folder
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = output_dir / f"{STAGING_PREFIX}{self.state.global_step}"
+        final = output_dir / name
+        if self.args.should_save and staging.exists():
+            shutil.rmtree(staging)  # left by a run killed while saving this step
+        self.accelerator.wait_for_everyone()
+        self._staging_dir = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+        streams = {key: stream.state_dict() for key, stream in self._streams.items()}
+        (staging / name).mkdir(parents=True, exist_ok=True)
+        torch.save(streams, staging / name / stream_state_file(self.accelerator.process_index))
+        best = self.state.best_model_checkpoint
+        if best is not None and best.startswith(str(staging)):
+            # The Trainer recorded the staging path for a best checkpoint saved just now, on every process (each one
+            # loads it at the end under DeepSpeed).
+            self.state.best_model_checkpoint = str(final)
+            if self.args.should_save:
+                self.state.save_to_json(str(staging / name / TRAINER_STATE_NAME))
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            if final.exists():  # an earlier toolkit run's (check_output_dir refused anyone else's)
+                shutil.rmtree(final)
+            (staging / name).rename(final)
+            shutil.rmtree(staging, ignore_errors=True)
+            self._own_checkpoints.append(str(final))
+            self._rotate_own_checkpoints()
+            output_files.record_outputs(output_dir, self._preexisting_outputs or set())
+        self.accelerator.wait_for_everyone()
+
+    def _get_output_dir(self, trial: Any) -> str:
+        # Checked against transformers 5.24: `Trainer._save_checkpoint` writes `<_get_output_dir()>/checkpoint-N`;
+        # while saving, that is the staging folder.
+        staging = getattr(self, "_staging_dir", None)
+        return staging if staging is not None else super()._get_output_dir(trial)
+
+    def _rotate_own_checkpoints(self) -> None:
+        """Keep at most `save_total_limit` of this run's checkpoints (the newest and the best always)."""
+        limit = self.args.save_total_limit
+        if not limit or limit <= 0 or len(self._own_checkpoints) <= limit:
+            return
+        protected = {self._own_checkpoints[-1], self.state.best_model_checkpoint}
+        keep = max(limit, len(protected - {None}))
+        for folder in list(self._own_checkpoints):
+            if len(self._own_checkpoints) <= keep:
+                break
+            if folder not in protected:
+                shutil.rmtree(folder, ignore_errors=True)
+                self._own_checkpoints.remove(folder)
 
     # ------------------------------------------------------------------ model card and Hub
 
@@ -301,15 +416,15 @@ class UnlearnTrainer(Trainer):
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """[`~transformers.Trainer.save_model`], then the model card beside the weights (peft's own card replaced)."""
+        target = output_dir if output_dir is not None else self.args.output_dir
+        preexisting = self._preexisting_outputs
+        if preexisting is None and target is not None:  # saved without train(): what is there now is not ours
+            preexisting = output_files.foreign_entries(target)
         # With push_to_hub, the parent pushes from here; push_to_hub writes the card itself before uploading.
         super().save_model(output_dir, _internal_call=_internal_call)
-        self.create_model_card(output_dir=output_dir if output_dir is not None else self.args.output_dir)
-
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        # `_push_from_checkpoint` uploads `output_dir`, not the checkpoint folder: keep its card current (trl does
-        # the same); the checkpoint folder gets its own through `save_model`.
-        self.create_model_card()
-        super()._save_checkpoint(model, trial)
+        self.create_model_card(output_dir=target)
+        if self.is_world_process_zero() and target is not None and _same_folder(target, self.args.output_dir):
+            output_files.record_outputs(target, preexisting)
 
     def save_for_hub(self, folder: str | os.PathLike) -> list[str]:
         """Write into `folder` exactly the files `push_to_hub` would upload, without network; returns their paths.
@@ -393,6 +508,58 @@ class UnlearnTrainer(Trainer):
         return self.evaluator.aggregate(records, split)
 
 
+def gradient_checkpointing_refusal(args: UnlearnConfig, model_config: Any) -> str | None:
+    """Why this method cannot train under the requested activation checkpointing (with the fix), or `None`.
+
+    Measured on a tiny GPT-2 (tests/safety/test_gradient_checkpointing.py): the loss-only methods train under both
+    variants. Reentrant checkpointing re-runs blocks inside backward, outside OrthoGrad/GRU's capture hooks and
+    invisible to `torch.autograd.grad` (LUR). Second-order LUR differentiates through a checkpointed forward, whose
+    recompute under SDPA attention takes another kernel than the forward did (a CheckpointError); with eager
+    attention it trains and equals the run without checkpointing.
+    """
+    enabled = getattr(args, "activation_checkpointing", False) or getattr(args, "gradient_checkpointing", False)
+    if not enabled:
+        return None
+    kwargs = getattr(args, "activation_checkpointing_kwargs", None) or getattr(
+        args, "gradient_checkpointing_kwargs", None
+    )
+    # transformers 5.24 passes use_reentrant=False when no kwargs are given; torch's checkpoint defaults to True.
+    reentrant = bool(kwargs.get("use_reentrant", True)) if kwargs else False
+    if reentrant and hasattr(args, "per_sample_gradients"):  # OrthoGrad, GRU
+        return (
+            "reentrant gradient checkpointing re-runs each block outside the hooks that capture per-sample "
+            "gradients: pass gradient_checkpointing_kwargs={'use_reentrant': False} (transformers' default)."
+        )
+    if hasattr(args, "meta_order"):  # LUR
+        if reentrant:
+            return (
+                "reentrant gradient checkpointing is invisible to torch.autograd.grad, which the inner step needs: "
+                "pass gradient_checkpointing_kwargs={'use_reentrant': False} (transformers' default)."
+            )
+        # Checked against transformers 5.24: `config._attn_implementation` names the attention kernel in use.
+        attention = getattr(model_config, "_attn_implementation", None)
+        if args.meta_order == "second" and attention != "eager":
+            return (
+                f"meta_order='second' differentiates through checkpointed forwards, which {attention!r} attention "
+                "recomputes with another kernel: load the model with attn_implementation='eager' (exact, equal to "
+                "no checkpointing), use meta_order='first', or turn gradient_checkpointing off."
+            )
+    return None
+
+
+def non_finite_advice(args: UnlearnConfig) -> str:
+    """What to change after a NaN/inf loss, naming the values this run actually has."""
+    advice = [f"lower learning_rate (now {args.learning_rate:g})"]
+    if args.max_grad_norm and args.max_grad_norm > 0:
+        advice.append(f"lower max_grad_norm (now {args.max_grad_norm:g}; clipping cannot stop a NaN loss itself)")
+    else:
+        advice.append("set max_grad_norm (gradient clipping is off)")
+    if args.fp16 or args.bf16:
+        advice.append(f"train in float32 instead of {'fp16' if args.fp16 else 'bf16'}")
+    advice.append("or check the data for examples without target tokens.")
+    return ", ".join(advice)
+
+
 def unlearning_score(per_split: dict[str, dict[str, float]]) -> float | None:
     """Forget error minus retain error: higher is better, 0 for a model that treats both alike.
 
@@ -436,12 +603,11 @@ def _check_vocabulary_fits(model: nn.Module, processing_class: Any) -> None:
 
 
 def check_output_dir(args: UnlearnConfig, resume_from_checkpoint: str | bool | None = None) -> None:
-    """Refuse a non-empty `output_dir` unless told to overwrite it; recipes call it before any training time."""
-    output_dir = args.output_dir
-    if resume_from_checkpoint or args.overwrite_output_dir or output_dir is None:
-        return
-    if os.path.isdir(output_dir) and os.listdir(output_dir):
-        raise FileExistsError(
-            f"output_dir {output_dir!r} is not empty: pass overwrite_output_dir=True (--overwrite_output_dir), "
-            "choose another output_dir, or resume with resume_from_checkpoint."
-        )
+    """Refuse an `output_dir` this run could overwrite files in without being told; recipes call it before any
+    training time. See `hf_unlearn.output_files.check_output_dir`."""
+    resuming = bool(resume_from_checkpoint) and str(resume_from_checkpoint).lower() not in ("false", "no")
+    output_files.check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resuming=resuming)
+
+
+def _same_folder(a: str | os.PathLike, b: str | os.PathLike | None) -> bool:
+    return b is not None and Path(a).resolve() == Path(b).resolve()

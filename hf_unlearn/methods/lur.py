@@ -231,9 +231,6 @@ class LURTrainer(UnlearnTrainer):
         self.reference = (
             ReferencePolicy(self.accelerator.unwrap_model(self.model)) if config.forget_loss == "npo" else None
         )
-        self._fresh_forget_dataloader: DataLoader | None = None
-        self._fresh_forget_iterator = None
-        self._fresh_forget_epoch = 0
 
     def _check_parallelism(self) -> None:
         if self.is_fsdp_enabled:
@@ -256,28 +253,24 @@ class LURTrainer(UnlearnTrainer):
         An independent shuffle of the forget set (seeded by `args.seed + 1`, so it is not in lockstep with the train
         sampler), cycling without end. With a small forget set it can share examples with the step's batch.
         """
-        if self._fresh_forget_dataloader is None:
-            generator = torch.Generator()
-            generator.manual_seed(self.args.seed + 1)
-            dataloader = DataLoader(
-                self.train_dataset,
-                batch_size=self.args.per_device_train_batch_size,
-                sampler=RandomSampler(self.train_dataset, generator=generator),
-                collate_fn=self.data_collator,
-                num_workers=self.args.dataloader_num_workers,
-                pin_memory=self.args.dataloader_pin_memory,
-            )
-            self._fresh_forget_dataloader = self.accelerator.prepare_data_loader(dataloader)
-            self._fresh_forget_iterator = iter(self._fresh_forget_dataloader)
-        try:
-            batch = next(self._fresh_forget_iterator)
-        except StopIteration:
-            self._fresh_forget_epoch += 1
-            if hasattr(self._fresh_forget_dataloader, "set_epoch"):
-                self._fresh_forget_dataloader.set_epoch(self._fresh_forget_epoch)
-            self._fresh_forget_iterator = iter(self._fresh_forget_dataloader)
-            batch = next(self._fresh_forget_iterator)
-        return self._prepare_inputs(batch)
+        if "fresh_forget" not in self._streams:
+
+            def make_dataloader() -> DataLoader:
+                generator = torch.Generator()
+                generator.manual_seed(self.args.seed + 1)
+                dataloader = DataLoader(
+                    self.train_dataset,
+                    batch_size=self.args.per_device_train_batch_size,
+                    sampler=RandomSampler(self.train_dataset, generator=generator),
+                    collate_fn=self.data_collator,
+                    num_workers=self.args.dataloader_num_workers,
+                    pin_memory=self.args.dataloader_pin_memory,
+                )
+                return self.accelerator.prepare_data_loader(dataloader)
+
+            # A registered stream: checkpoints save its position, so a resumed run draws the same fresh batches.
+            self.register_stream("fresh_forget", make_dataloader)
+        return self._prepare_inputs(self._streams["fresh_forget"].next())
 
     # ------------------------------------------------------------------ losses
 

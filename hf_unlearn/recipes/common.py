@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,8 +66,12 @@ def parse_recipe_args(
     argv: list[str], script_args_cls: type, default_config: Path, output_prefix: str
 ) -> tuple[Any, "UnlearnConfig"]:
     """`(script_args, method_config)` from the YAML preset (`--config`, default `default_config`), then the command
-    line on top (argparse keeps the last occurrence of a flag). `output_dir` defaults to
-    `outputs/<output_prefix>-<method>`."""
+    line on top (argparse keeps the last occurrence of a flag).
+
+    Resolved here, before any training time: `output_dir` defaults to a fresh `outputs/<output_prefix>-<method>-<time>`
+    folder (or, when resuming a checkpoint path, the folder holding it); `--save_steps N` alone turns step saving on;
+    a misspelt key or flag stops with the closest valid name.
+    """
     import yaml
 
     pre = argparse.ArgumentParser(add_help=False)
@@ -83,9 +88,85 @@ def parse_recipe_args(
             f"{method} uses its own default unless --retain_weight is given.",
             file=sys.stderr,
         )
-    preset.setdefault("output_dir", f"outputs/{output_prefix}-{method}")
     parser = make_parser(script_args_cls, method)
-    return parser.parse_args_into_dataclasses(args=preset_to_argv(preset) + ["--method", method] + rest)
+    check_known_keys(parser, preset, rest, known.config)
+    given = set(preset) | set(cli_flag_names(rest))
+    extra = []
+    if "save_steps" in given and "save_strategy" not in given:
+        extra += ["--save_strategy", "steps"]  # asking for a checkpoint every N steps means saving
+    fresh_output_dir = "output_dir" not in given
+    if fresh_output_dir:
+        extra += ["--output_dir", default_output_dir(output_prefix, method, rest)]
+    script_args, config = parser.parse_args_into_dataclasses(
+        args=preset_to_argv(preset) + ["--method", method] + extra + rest
+    )
+    if fresh_output_dir:
+        agree_on_output_dir(config)
+    return script_args, config
+
+
+def default_output_dir(output_prefix: str, method: str, cli: list[str]) -> str:
+    """The folder of a run given no `--output_dir`: the one holding the checkpoint it resumes, else a new one named
+    by the time (never an earlier run's folder, so nothing is overwritten)."""
+    resume = cli_flag_value(cli, "resume_from_checkpoint")
+    if resume is not None and Path(resume).is_dir():
+        return str(Path(resume).parent)
+    return f"outputs/{output_prefix}-{method}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def agree_on_output_dir(config: "UnlearnConfig") -> None:
+    """Several processes each named the fresh folder by their own clock: take rank 0's."""
+    import torch.distributed as dist
+
+    _ = config.device  # sets up the process group under a launcher
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        chosen = [config.output_dir]
+        dist.broadcast_object_list(chosen, src=0)
+        config.output_dir = chosen[0]
+
+
+def cli_flag_names(cli: list[str]) -> list[str]:
+    """Field names of the `--flags` in `cli` (`--a-b=1` → `a_b`)."""
+    return [item[2:].split("=", 1)[0].replace("-", "_") for item in cli if item.startswith("--") and len(item) > 2]
+
+
+def cli_flag_value(cli: list[str], name: str) -> str | None:
+    """The value of the last `--name VALUE` (or `--name=VALUE`) in `cli`."""
+    value = None
+    for i, item in enumerate(cli):
+        if item == f"--{name}" and i + 1 < len(cli):
+            value = cli[i + 1]
+        elif item.startswith(f"--{name}="):
+            value = item.split("=", 1)[1]
+    return value
+
+
+def check_known_keys(parser: "HfArgumentParser", preset: dict[str, Any], cli: list[str], config_path: str) -> None:
+    """Stop on a YAML key or flag that no field has, naming the closest valid one (argparse alone would print a
+    usage line, and HfArgumentParser a traceback)."""
+    import dataclasses
+    import difflib
+
+    valid = {"config", "method", "help"}
+    for dataclass_type in parser.dataclass_types:
+        for dataclass_field in dataclasses.fields(dataclass_type):
+            valid.add(dataclass_field.name)
+            if dataclass_field.default is True:
+                valid.add(f"no_{dataclass_field.name}")  # HfArgumentParser's negation of a default-True flag
+    problems = []
+    for key in preset:
+        if key not in valid:
+            problems.append((f"key {key!r} in {config_path}", key))
+    for name in cli_flag_names(cli):
+        prefixed = [option for option in valid if option.startswith(name)]
+        if name not in valid and len(prefixed) != 1:  # argparse takes an unambiguous prefix
+            problems.append((f"flag --{name}", name))
+    if problems:
+        lines = []
+        for where, name in problems:
+            close = difflib.get_close_matches(name, sorted(valid), n=1, cutoff=0.6)
+            lines.append(f"Unknown {where}" + (f"; did you mean {close[0]!r}?" if close else "; see --help."))
+        raise SystemExit("\n".join(lines))
 
 
 def preset_to_argv(values: dict[str, Any]) -> list[str]:
@@ -101,19 +182,67 @@ def preset_to_argv(values: dict[str, Any]) -> list[str]:
     return argv
 
 
-def check_before_training(config: "UnlearnConfig", hub_dry_run_dir: str | None) -> Path | None:
-    """Refuse what would fail after minutes of work (non-empty output_dir, Hub push without credentials, a bad
+def check_before_training(
+    config: "UnlearnConfig", hub_dry_run_dir: str | None, model_name_or_path: str | None = None
+) -> Path | None:
+    """Refuse what would fail after minutes of work (nothing to resume from, an output_dir with files the run could
+    replace, a model path that is missing or a Hub id that cannot be fetched, Hub push without credentials, a bad
     card template, a non-empty dry-run folder). Returns the dry-run folder, if any."""
+    from hf_unlearn.checkpoints import resolve_resume_checkpoint
     from hf_unlearn.hub import check_card_template, check_push_to_hub
     from hf_unlearn.trainer import check_output_dir
 
-    check_output_dir(config)
+    resolve_resume_checkpoint(config.resume_from_checkpoint, config.output_dir)  # raises if nothing to resume
+    check_output_dir(config, config.resume_from_checkpoint)
+    check_model_source(model_name_or_path)
     check_push_to_hub(config)
     check_card_template()
     dry_run_dir = Path(hub_dry_run_dir) if hub_dry_run_dir else None
     if dry_run_dir is not None and dry_run_dir.is_dir() and any(dry_run_dir.iterdir()):
         raise FileExistsError(f"--hub_dry_run_dir {str(dry_run_dir)!r} is not empty; pass an empty or new folder.")
     return dry_run_dir
+
+
+def check_model_source(
+    name_or_path: str | None, flag: str = "--model_name_or_path", probe_timeout: float = 3.0
+) -> None:
+    """A missing local folder, or a Hub id that cannot be fetched, stops here in seconds with the fix named.
+
+    Without this, a mistyped path fails deep in `from_pretrained` with "Repo id must be in the form ...", and a Hub
+    id without network retries for minutes. A Hub id already in the local Hub cache is always accepted.
+    """
+    if name_or_path is None or Path(name_or_path).expanduser().exists():
+        return
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path
+    if looks_local:
+        raise SystemExit(f"{flag} {name_or_path!r}: no such folder. Check the path (a Hub id looks like 'org/name').")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise SystemExit(
+            f"{flag} {name_or_path!r} is a Hub id, but HF_HUB_OFFLINE is set and it is not in the local Hub cache: "
+            "pass a local folder, or unset HF_HUB_OFFLINE on a machine with network to download it."
+        )
+    if not hub_reachable(constants.ENDPOINT, probe_timeout):
+        raise SystemExit(
+            f"{flag} {name_or_path!r} is a Hub id, but {constants.ENDPOINT} cannot be reached and it is not in the "
+            "local Hub cache: pass a local folder, or connect (set HF_HUB_OFFLINE=1 to fail at once next time)."
+        )
+
+
+def hub_reachable(endpoint: str, timeout: float) -> bool:
+    """Whether a TCP connection to the Hub opens within `timeout` seconds (one try, no retries)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            return True
+    except OSError:
+        return False
 
 
 def prepare_in_one_process(recipe_module: str, script_args: Any, config: "UnlearnConfig") -> None:
@@ -131,6 +260,26 @@ def prepare_in_one_process(recipe_module: str, script_args: Any, config: "Unlear
         command = [sys.executable, "-m", recipe_module, *preset_to_argv(fields)]
         subprocess.run(command, env=env, check=True)
     config.distributed_state.wait_for_everyone()
+
+
+def mean_example_loss(model: Any, dataset: Any, collator: Any, batch_size: int) -> float:
+    """Mean per-example loss of `model` (not the trainer's) on `dataset`: how a recipe scores the exact-retrain
+    reference with `--eval_generate false`."""
+    import torch
+
+    from hf_unlearn.losses import model_per_example_loss
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    losses = []
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            batch = {key: value.to(device) for key, value in batch.items() if isinstance(value, torch.Tensor)}
+            losses.append(model_per_example_loss(model, batch, model.config).float())
+    model.train(was_training)
+    return float(torch.cat(losses).mean())
 
 
 def write_run_outputs(

@@ -157,16 +157,16 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     from hf_unlearn.data.text_collators import QACollator, ensure_pad_token
     from hf_unlearn.data.text_corpus import RETAIN_EVAL_SPLIT
     from hf_unlearn.distributed import whole_model_loading
-    from hf_unlearn.eval.report import run_table
+    from hf_unlearn.eval.report import metrics_table, run_table
     from hf_unlearn.eval.text_evaluator import TextEvaluator, evaluate_text_splits, truth_ratios
 
-    from .common import check_before_training, prepare_in_one_process, write_run_outputs
+    from .common import check_before_training, mean_example_loss, prepare_in_one_process, write_run_outputs
 
     if script_args.prepare_only:
         load_data_and_models(script_args, config.seed)
         return {}
     # Before any minute of corpus or model training is spent.
-    dry_run_dir = check_before_training(config, script_args.hub_dry_run_dir)
+    dry_run_dir = check_before_training(config, script_args.hub_dry_run_dir, script_args.model_name_or_path)
     if config.world_size > 1:
         # Every rank below only reads the caches.
         prepare_in_one_process("hf_unlearn.recipes.llm", script_args, config)
@@ -183,10 +183,20 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     eval_splits = {name: scored[name] for name in EVAL_ORDER if name in scored}
     eval_splits.update({name: data for name, data in scored.items() if name not in eval_splits})
     # Each greedy answer may run to its reference's length + a margin (no fixed budget that cuts long answers).
-    evaluator = TextEvaluator(tokenizer, max_length=max_length)
+    # Without generate (eval_generate=False) every model is scored by its mean per-example loss only.
+    evaluator = TextEvaluator(tokenizer, max_length=max_length) if config.eval_generate else None
+    collator = QACollator(tokenizer, max_length=max_length)
 
     results = {}
-    if retrain_model is not None:
+    if retrain_model is not None and evaluator is None:
+        retrain_model.to(config.device)
+        batch_size = config.per_device_eval_batch_size
+        results["retrain"] = {
+            name: {"loss": mean_example_loss(retrain_model, data, collator, batch_size)}
+            for name, data in eval_splits.items()
+        }
+        retrain_model.to("cpu")
+    elif retrain_model is not None:
         retrain_model.to(config.device)
         # Forget quality of every model is measured against the retrain model's truth ratios (its own is then 1).
         retrain_model.eval()
@@ -207,7 +217,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
         forget_dataset=splits["forget"],
         retain_dataset=splits.get("retain"),
         eval_dataset=eval_splits,
-        data_collator=QACollator(tokenizer, max_length=max_length),
+        data_collator=collator,
         processing_class=tokenizer,
         peft_config=LoraConfig(
             r=script_args.lora_r,
@@ -230,14 +240,15 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     results = {"base": by_split(trainer.evaluate()), **results}
     datasets = [script_args.dataset_name] if script_args.dataset_name else None
     trainer.set_card_info(metrics=results, datasets=datasets)  # checkpoint cards show base/retrain already
-    trainer.train()
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     # An evaluation at the last step (eval_strategy="steps") already scored the final model: reuse it.
-    final = next((e for e in reversed(trainer.state.log_history) if "eval_forget_rougeL_recall" in e), None)
+    final = next((e for e in reversed(trainer.state.log_history) if "eval_forget_loss" in e), None)
     if final is None or final.get("step") != trainer.state.global_step:
         final = trainer.evaluate()
     results["unlearned"] = by_split(final)
     trainer.set_card_info(metrics=results)
-    write_run_outputs(trainer, config, script_args, results, dry_run_dir, run_table(results))
+    table = run_table(results) if config.eval_generate else metrics_table(results, ("loss",))
+    write_run_outputs(trainer, config, script_args, results, dry_run_dir, table)
     return results
 
 

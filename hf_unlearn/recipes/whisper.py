@@ -135,13 +135,13 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     from hf_unlearn.eval.asr import evaluate_asr
     from hf_unlearn.eval.report import metrics_table
 
-    from .common import check_before_training, prepare_in_one_process, write_run_outputs
+    from .common import check_before_training, mean_example_loss, prepare_in_one_process, write_run_outputs
 
     if script_args.prepare_only:
         load_data_and_models(script_args, config.seed)
         return {}
     # Before any minute of corpus or model training is spent.
-    dry_run_dir = check_before_training(config, script_args.hub_dry_run_dir)
+    dry_run_dir = check_before_training(config, script_args.hub_dry_run_dir, script_args.model_name_or_path)
     if config.world_size > 1:
         # Every rank below only reads the caches.
         prepare_in_one_process("hf_unlearn.recipes.whisper", script_args, config)
@@ -166,8 +166,11 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
         ),
     )
 
+    # WER/CER need generate (eval_generate); without it every model is scored by its mean per-example loss only.
+    metric_names = ("wer", "cer", "loss") if config.eval_generate else ("loss",)
+
     def asr_metrics(prefix_metrics: dict) -> dict:
-        return {split: {m: prefix_metrics[f"eval_{split}_{m}"] for m in ("wer", "cer", "loss")} for split in prepared}
+        return {split: {m: prefix_metrics[f"eval_{split}_{m}"] for m in metric_names} for split in prepared}
 
     # The fresh adapter is a no-op (peft initialises lora_B to zero), so this scores the base model.
     results = {"base": asr_metrics(trainer.evaluate())}
@@ -177,19 +180,26 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
             split: evaluate_asr(
                 retrain_model, processor, data, config.per_device_eval_batch_size, config.generation_max_new_tokens
             )
+            if config.eval_generate
+            else {
+                "loss": mean_example_loss(
+                    retrain_model, data, trainer.data_collator, config.per_device_eval_batch_size
+                )
+            }
             for split, data in prepared.items()
         }
     datasets = [script_args.dataset_name] if script_args.dataset_name else None
     trainer.set_card_info(metrics=results, datasets=datasets)  # checkpoint cards show base/retrain already
-    trainer.train()
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     # An evaluation at the last step (eval_strategy="steps") already scored the final model: reuse it.
-    final = next((e for e in reversed(trainer.state.log_history) if "eval_forget_wer" in e), None)
+    final = next((e for e in reversed(trainer.state.log_history) if "eval_forget_loss" in e), None)
     if final is None or final.get("step") != trainer.state.global_step:
         final = trainer.evaluate()
     results["unlearned"] = asr_metrics(final)
     trainer.set_card_info(metrics=results)
 
-    write_run_outputs(trainer, config, script_args, results, dry_run_dir, metrics_table(results))
+    table = metrics_table(results, ("wer", "cer") if config.eval_generate else ("loss",))
+    write_run_outputs(trainer, config, script_args, results, dry_run_dir, table)
     return results
 
 
