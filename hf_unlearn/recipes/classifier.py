@@ -205,7 +205,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, Any
     if script_args.prepare_only:
         load_models(script_args, splits, config.seed)
         return {}
-    dry_run_dir = check_before_training(config, script_args.hub_dry_run_dir)
+    dry_run_dir = check_before_training(config, script_args.hub_dry_run_dir, script_args.model_name_or_path)
     if config.world_size > 1:
         prepare_in_one_process("hf_unlearn.recipes.classifier", script_args, config)
     with whole_model_loading():
@@ -249,7 +249,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, Any
     trainer.set_card_info(
         metrics=card_metrics(results), datasets=[script_args.dataset_name] if script_args.dataset_name else None
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     results["unlearned"] = classification_metrics(unwrapped, eval_splits, collator, batch_size, config.seed)
     results["avg_gap"] = avg_gap(results["unlearned"], results["retrain"]) if "retrain" in results else None
