@@ -175,21 +175,44 @@ def projection_diagnostics(
       ``⟨d, g_i⟩ = (K a)_i + s·b_i``; about 0 for α = 0 (the defining property), larger for α > 0 by design.
     - ``forget_retain_cosine``: ``cos(g_f, ḡ_r) = 1ᵀb / (‖g_f‖·sqrt(1ᵀK1))``; positive means they conflict.
     """
-    forget_sq_norm = torch.as_tensor(forget_sq_norm, dtype=gram.dtype, device=gram.device)
-    c, a, s = direction.projection.to(gram), direction.retain_coefficients.to(gram), direction.forget_coefficient
-    tiny = torch.finfo(gram.dtype).tiny
-    forget_norm = forget_sq_norm.clamp_min(0).sqrt()
-    removed_sq = c @ gram @ c
-    residual_sq = (forget_sq_norm - 2 * c @ cross + removed_sq).clamp_min(0)
-    update_dot_retain = gram @ a + s * cross  # ⟨d, g_i⟩ [k]
-    update_sq = (a @ gram @ a + 2 * s * (a @ cross) + s * s * forget_sq_norm).clamp_min(0)
-    retain_norms = gram.diagonal().clamp_min(0).sqrt()
+    return grouped_projection_diagnostics([(gram, cross, forget_sq_norm, direction)])
+
+
+def grouped_projection_diagnostics(
+    groups: list[tuple[Tensor, Tensor, Tensor | float, OrthoGradDirection]],
+) -> dict[str, Tensor]:
+    """[`projection_diagnostics`] of a direction solved separately on disjoint groups of parameters (per-tensor
+    projection): inner products over all parameters are sums of the groups' ones, so every quantity is the
+    one of the whole concatenated direction; ``rank`` is the total number of directions removed."""
+    totals: dict[str, Tensor] = {}
+    rank = 0
+    for gram, cross, forget_sq_norm, direction in groups:
+        forget_sq_norm = torch.as_tensor(forget_sq_norm, dtype=gram.dtype, device=gram.device)
+        c, a, s = direction.projection.to(gram), direction.retain_coefficients.to(gram), direction.forget_coefficient
+        parts = {
+            "forget_sq": forget_sq_norm,
+            "removed_sq": c @ gram @ c,
+            "residual_sq": forget_sq_norm - 2 * c @ cross + c @ gram @ c,
+            "update_dot_retain": gram @ a + s * cross,  # ⟨d, g_i⟩ [k]
+            "update_sq": a @ gram @ a + 2 * s * (a @ cross) + s * s * forget_sq_norm,
+            "retain_sq": gram.diagonal(),
+            "cross_sum": cross.sum(),
+            "gram_sum": gram.sum(),
+        }
+        for key, value in parts.items():
+            totals[key] = value if key not in totals else totals[key] + value.to(totals[key])
+        rank += direction.rank
+    tiny = torch.finfo(totals["update_sq"].dtype).tiny
+    forget_norm = totals["forget_sq"].clamp_min(0).sqrt()
+    retain_norms = totals["retain_sq"].clamp_min(0).sqrt()
     nonzero = retain_norms > 0
-    cosines = update_dot_retain[nonzero].abs() / (update_sq.sqrt() * retain_norms[nonzero]).clamp_min(tiny)
+    update_norm = totals["update_sq"].clamp_min(0).sqrt()
+    cosines = totals["update_dot_retain"][nonzero].abs() / (update_norm * retain_norms[nonzero]).clamp_min(tiny)
     return {
-        "rank": torch.tensor(float(direction.rank)),
-        "removed_fraction": removed_sq.clamp_min(0).sqrt() / forget_norm.clamp_min(tiny),
-        "residual_norm": residual_sq.sqrt(),
-        "max_retain_cosine": cosines.max() if cosines.numel() else gram.new_zeros(()),
-        "forget_retain_cosine": cross.sum() / (forget_norm * gram.sum().clamp_min(0).sqrt()).clamp_min(tiny),
+        "rank": torch.tensor(float(rank)),
+        "removed_fraction": totals["removed_sq"].clamp_min(0).sqrt() / forget_norm.clamp_min(tiny),
+        "residual_norm": totals["residual_sq"].clamp_min(0).sqrt(),
+        "max_retain_cosine": cosines.max() if cosines.numel() else update_norm.new_zeros(()),
+        "forget_retain_cosine": totals["cross_sum"]
+        / (forget_norm * totals["gram_sum"].clamp_min(0).sqrt()).clamp_min(tiny),
     }
