@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import torch
 from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
+from torch.autograd.graph import get_gradient_edge
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .samplers import LINEAR, GramMethod, LayerSampler, UnsupportedLayerError, sampler_for, trainable
@@ -123,6 +124,8 @@ class FusedGradientCapture:
                 self._params[names[id(param)]] = (module_name, local, param)
         self._name_of = {(module_name, local): name for name, (module_name, local, _) in self._params.items()}
         self._calls: dict[str, list[_Call]] = {name: [] for name in self._layers}
+        self._edges = []
+        self._factor_cache: dict[str, tuple[Tensor, Tensor]] = {}
         self._module_handles: list[torch.utils.hooks.RemovableHandle] = []
         self._tensor_handles: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -154,6 +157,8 @@ class FusedGradientCapture:
             handle.remove()
         self._tensor_handles.clear()
         self._calls = {name: [] for name in self._layers}
+        self._edges = []  # where each captured output enters the graph: what `backward` differentiates to
+        self._factor_cache = {}
 
     def _make_hook(self, module_name: str):
         def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
@@ -162,9 +167,14 @@ class FusedGradientCapture:
                 return
             call = _Call(args[0].detach())
             self._calls[module_name].append(call)
-            self._tensor_handles.append(output.register_hook(call.add_backprop))
+            self._tensor_handles.append(output.register_hook(lambda grad: self._add_backprop(call, grad)))
+            self._edges.append(get_gradient_edge(output))
 
         return hook
+
+    def _add_backprop(self, call: _Call, grad: Tensor) -> None:
+        self._factor_cache.clear()  # a later backward adds to the output gradients: readouts must see the sum
+        call.add_backprop(grad)
 
     def backward(self, losses: Tensor, retain_graph: bool = False) -> None:
         """Backpropagate ``Σ_i ℓ_i`` from per-example losses ``losses`` [B] into the capture only.
@@ -177,8 +187,10 @@ class FusedGradientCapture:
         """
         if losses.ndim != 1:
             raise ValueError(f"Expected per-example losses of shape [B], got {tuple(losses.shape)}.")
-        params = [p for _, _, p in self._params.values()]
-        torch.autograd.grad(losses.sum(), params, retain_graph=retain_graph, allow_unused=True)
+        # Differentiating to the captured outputs (not the parameters) stops the pass where the hooks have what they
+        # need: no weight gradient is formed, only the output gradients the per-sample readouts are made of.
+        inputs = list(self._edges) or [p for _, _, p in self._params.values()]
+        torch.autograd.grad(losses.sum(), inputs, retain_graph=retain_graph, allow_unused=True)
 
     # ---- readouts --------------------------------------------------------------------------------------------------
 
@@ -230,12 +242,20 @@ class FusedGradientCapture:
             if not calls:
                 continue
             layer, sampler = self._layers[module_name], self._samplers[module_name]
+            cached = self._factor_cache.get(module_name)
+            if cached is not None and cached[1].dtype == dtype:
+                yield module_name, layer, sampler, cached
+                continue
             rows = [sampler.rows(layer, c.activations, dtype) for c in calls]
             backprops = [sampler.backprop_rows(layer, c.backprops, dtype) for c in calls]
             rows = rows[0] if len(rows) == 1 else torch.cat(rows, 1)
             backprops = backprops[0] if len(backprops) == 1 else torch.cat(backprops, 1)
             if self.loss_scale != 1.0:
                 backprops = backprops / self.loss_scale
+            if all(c.backprops.dtype == dtype for c in calls):
+                # Kept for the next readout (a step reads the Gram, then combines): no upcast copy is held, and the
+                # rows a layer derives (unfolded patches, normalised inputs) are built once per step.
+                self._factor_cache[module_name] = (rows, backprops)
             yield module_name, layer, sampler, (rows, backprops)
 
     def _local_names(self, module_name: str) -> dict[str, str]:

@@ -252,9 +252,7 @@ class LayerNormSampler(LayerSampler):
     def rows(self, layer, inputs, dtype):
         size = layer.weight.numel() if layer.weight is not None else layer.bias.numel()
         x = inputs.reshape(inputs.shape[0], -1, size).to(dtype)
-        mean = x.mean(-1, keepdim=True)
-        var = x.var(-1, unbiased=False, keepdim=True)
-        return (x - mean) / torch.sqrt(var + layer.eps)  # x̂ [B, T, d]
+        return F.layer_norm(x, (size,), eps=layer.eps)  # x̂ [B, T, d]: the normalisation without γ, β
 
     def backprop_rows(self, layer, grad, dtype):
         size = layer.weight.numel() if layer.weight is not None else layer.bias.numel()
