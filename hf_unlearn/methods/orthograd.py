@@ -25,11 +25,9 @@ from ..gradients import (
     FusedGradientCapture,
     UnsupportedLayerError,
     VmapPerSampleGradients,
-    joint_gram_blocks,
-    orthograd_direction,
 )
 from ..gradients.global_gram import global_gram
-from ..gradients.projection import grouped_projection_diagnostics
+from ..gradients.projection import stacked_orthograd_directions, stacked_projection_diagnostics
 from ..losses import (
     IGNORE_INDEX,
     align_logits_and_labels,
@@ -294,17 +292,48 @@ class OrthoGradTrainer(UnlearnTrainer):
 
     with ``G = [∇ℓ(r_1) … ∇ℓ(r_k)]``, ``ḡ_r = (1/k) Σ_i ∇ℓ(r_i)``, ``g_f = ∇L_f`` (GA) or ``−∇L_NPO`` (NPO) and
     α = `retain_weight`. The optimizer descends along ``d``; with SGD and α = 0 the step is orthogonal to each
-    ``∇ℓ(r_i)``, so to first order no retain example's loss changes. Adam (the default optimizer) preconditions
-    ``d``, so orthogonality then holds only approximately.
+    ``∇ℓ(r_i)``, so to first order no retain example's loss changes. Adam rescales ``d`` coordinate-wise, so in the
+    default `projection_space="gradient"` orthogonality then holds only approximately (see below).
 
     **One step.** The forget batch (m examples) and the retain batch (k examples) are concatenated into one batch
     (`concatenate_batches`) and run through ONE forward and ONE backward of ``Σ_j φ(f_j) + Σ_i ℓ(r_i)`` (φ = ℓ for GA,
-    ``−npo_j`` for NPO), inside a [`~hf_unlearn.gradients.LoraGradientCapture`] that reads the per-sample gradients of
-    the LoRA factors off that backward. The (m+k)² Gram gives ``GᵀG``, ``Gᵀg_f`` and ``‖g_f‖²``; the k×k solve gives
-    coefficients with ``d = Σ_i a_i ∇ℓ(r_i) + (s/m)·Σ_j ∇φ(f_j)``, which the capture turns into ``d`` per LoRA
-    parameter. ``d`` reaches the optimizer as the gradient of the linear surrogate ``Σ_p ⟨p, d_p⟩`` (``d`` held fixed),
-    backpropagated through `accelerator.backward`: no second forward, and `.grad` is never edited (DeepSpeed owns it).
-    Without LoRA (full fine-tuning), `torch.func.vmap` gives the same per-sample gradients, more slowly.
+    ``−npo_j`` for NPO), inside a [`~hf_unlearn.gradients.FusedGradientCapture`] that reads the per-sample gradients
+    off that backward from each layer's input and output gradient — peft LoRA factors, or, for full fine-tuning,
+    nn.Linear / Conv1D / Conv1d/2d / Embedding / LayerNorm weights. The (m+k)² Gram gives ``GᵀG``, ``Gᵀg_f`` and
+    ``‖g_f‖²``; the k×k solve gives coefficients with ``d = Σ_i a_i ∇ℓ(r_i) + (s/m)·Σ_j ∇φ(f_j)``, which the capture
+    turns into ``d`` per parameter. ``d`` reaches the optimizer as the gradient of the linear surrogate
+    ``Σ_p ⟨p, d_p⟩`` (``d`` held fixed), backpropagated through `accelerator.backward`: no second forward, and
+    `.grad` is never edited (DeepSpeed owns it). A model with a trainable layer the capture cannot read (a custom
+    norm, tied embeddings, a position embedding broadcast over the batch) uses `torch.func.vmap` instead, with one
+    log line naming the layer.
+
+    **Per-tensor projection** (`projection_granularity="per_tensor"`, as in the authors' code): each parameter
+    tensor p is projected separately, ``P⊥_p g_{f,p} = g_{f,p} − G_p c_p`` with ``c_p = (G_pᵀG_p)⁺ G_pᵀ g_{f,p}``,
+    from the tensor's own k×k Gram (formed layer by layer anyway); up to #tensors × k directions are removed instead
+    of k, and the step is orthogonal to every ``∇_p ℓ(r_i)`` tensor by tensor.
+
+    **Preconditioned space** (`projection_space="preconditioned"`, with `optim="sgd"`). The trainer keeps Adam's
+    second moment of the unprojected gradient ``ĝ = α·ḡ_r − (1 − α)·g_f``, ``v ← β2·v + (1 − β2)·ĝ²``, and
+    ``D = 1/(√v̂ + ε)`` (``v̂ = v/(1 − β2^t)``; β2 = `adam_beta2`, ε = `adam_epsilon`). The projection is done in the
+    metric D — ``c = (GᵀDG)⁺ GᵀD g_f`` — and the optimizer receives ``D·d``, so the SGD step ``−η·D·d`` satisfies
+    ``⟨D·d, ∇ℓ(r_i)⟩ = 0`` for every retain sample at α = 0: the step actually taken leaves every retain loss
+    unchanged to first order. D depends on ĝ, not on the projected ``d``; that is what makes the constraint linear.
+    With a stock Adam instead, ``v`` would include ``d²`` itself and the first step would be ≈ ``η·sign(d)``, which
+    no linear projection can make orthogonal. *Relation to the reference code*: it turns every per-sample gradient
+    into an Adam direction ``u_i = D g_i``, ``u_f = D g_f``, projects ``u_f`` against the ``u_i`` in the Euclidean
+    metric and takes a plain step; that step is orthogonal to ``D g_i``, not to ``g_i``. Both steps lie in
+    span{D g_f, D g_i}; ours is the reference construction with the inner product ``⟨u, w⟩_{D⁻¹}``, chosen because
+    the first-order change of retain loss i is ``⟨∇ℓ(r_i), Δθ⟩``, the quantity OrthoGrad sets to zero. *Momentum*
+    (β1 > 0, e.g. SGD momentum through `optim_args`) adds earlier steps' directions, which were orthogonal to earlier
+    retain samples only, so the step is then orthogonal only in its current-step part; this is what β1 > 0 does to
+    the reference's Adam directions too. Weight decay adds ``λθ`` to the step and breaks orthogonality likewise. The
+    second moment lives on the trainer (it is not in the optimizer's checkpoint: a resumed run restarts it) and is
+    updated once per micro-step under gradient accumulation. Diagnostics are then in the D metric.
+
+    **KL retain loss** (`retain_loss="kl"`): the retain term of each sample is its mean token
+    ``KL(π_ref ‖ π_θ)`` over its own targets, π_ref the model before unlearning (the adapter disabled under LoRA, a
+    frozen copy otherwise, as NPO's reference); its per-sample gradients span G, and α descends on its mean. The
+    task cross-entropy is still logged as `retain/loss`, the KL as `retain/kl`.
 
     **Losses.** ℓ is the mean token cross-entropy over each example's own targets (DESIGN §1); `num_items_in_batch`
     is ignored so that a sample's weight never depends on its length. The returned (logged) loss is the unprojected
@@ -321,8 +350,10 @@ class OrthoGradTrainer(UnlearnTrainer):
     the two conflict), `forget/loss`, `retain/loss` (and `npo/loss` with NPO).
 
     **Several processes** (DDP, DeepSpeed ZeRO-2/3): the projection is against the global retain batch (DESIGN §5):
-    each process all-gathers the others' per-sample LoRA gradients, so N processes × batch b train like one process ×
-    batch N·b; `projection_scope="local"` is the cheaper per-process operator. Under ZeRO-3 the LoRA weights are held
+    each process all-gathers the others' per-sample gradients, so N processes × batch b train like one process ×
+    batch N·b (per-tensor and preconditioned alike; the preconditioner's ĝ is all-reduced, so D is the same on every
+    process; ZeRO-3 refuses the preconditioned space); `projection_scope="local"` is the cheaper per-process
+    operator. Under ZeRO-3 the LoRA weights are held
     whole (`hf_unlearn.distributed.whole_parameters`) while the surrogate is formed and backpropagated.
 
     Example:
@@ -571,25 +602,32 @@ class OrthoGradTrainer(UnlearnTrainer):
         else:
             grams = per_sample.gram(per_tensor=per_tensor, weights=weights)
             local_rows, scale = slice(0, num_forget + num_retain), 1.0
-        groups = grams.items() if per_tensor else [(None, grams)]
-        alpha = self.args.retain_weight
-        coefficients, solved = {}, []
-        for name, gram in groups:
-            retain_gram, cross, forget_sq_norm = joint_gram_blocks(gram, forget_mask)
-            direction = orthograd_direction(
-                retain_gram, cross, alpha, self.args.projection_tolerance, rank_one=self.args.projection == "rank1"
-            )
-            # d = Σ_i a_i ∇ℓ(r_i) + s·g_f with g_f = (1/m) Σ_j ∇φ(f_j): per-forget-sample coefficient s/m.
-            vector = retain_gram.new_zeros(gram.shape[0])
-            mask = forget_mask.to(gram.device)
-            vector[mask] = direction.forget_coefficient / int(forget_mask.sum())
-            vector[~mask] = direction.retain_coefficients.to(retain_gram)
-            coefficients[name] = vector[local_rows] * scale
-            solved.append((retain_gram, cross, forget_sq_norm, direction))
-        update = per_sample.combine(coefficients if per_tensor else coefficients[None])
+        names = list(grams) if per_tensor else [None]
+        stacked = torch.stack([grams[name] for name in names]) if per_tensor else grams.unsqueeze(0)  # [n, N, N]
+        mask = forget_mask.to(stacked.device)
+        num_forget_total = int(forget_mask.sum())
+        # With g_f = (1/m) Σ_j ∇φ(f_j): Gᵀg_f = K_rf·1/m and ‖g_f‖² = 1ᵀK_ff1/m² (`joint_gram_blocks`, per group).
+        retain_rows = stacked[:, ~mask]
+        retain_gram = retain_rows[:, :, ~mask]
+        cross = retain_rows[:, :, mask].sum(-1) / num_forget_total
+        forget_sq_norm = stacked[:, mask][:, :, mask].sum((-1, -2)) / num_forget_total**2
+        direction = stacked_orthograd_directions(
+            retain_gram,
+            cross,
+            self.args.retain_weight,
+            self.args.projection_tolerance,
+            rank_one=self.args.projection == "rank1",
+        )
+        # d = Σ_i a_i ∇ℓ(r_i) + s·g_f: per-forget-sample coefficient s/m, per group.
+        vectors = stacked.new_zeros(len(names), stacked.shape[-1])
+        vectors[:, mask] = direction.forget_coefficient / num_forget_total
+        vectors[:, ~mask] = direction.retain_coefficients.to(stacked)
+        vectors = vectors[:, local_rows] * scale
+        coefficients = dict(zip(names, vectors, strict=True)) if per_tensor else vectors[0]
+        update = per_sample.combine(coefficients)
         if weights is not None:
             update = {name: (weights[name] * u).to(u.dtype) for name, u in update.items()}
-        return update, grouped_projection_diagnostics(solved)
+        return update, stacked_projection_diagnostics(retain_gram, cross, forget_sq_norm, direction)
 
     def _preconditioner(self, num_forget: int, num_retain: int) -> dict[str, Tensor]:
         """``D = 1/(√v̂ + ε)`` per parameter, Adam's diagonal preconditioner, after updating its second moment with

@@ -35,6 +35,9 @@ ALL_RUNS = [
     "lur_first",
     "graddiff_eval",
 ]
+# The preconditioned step divides by √v̂ + ε, so coordinates whose gradient is near zero amplify DeepSpeed's float32
+# gradient reduction: measured max |Δ| 1.7e-5 after 3 steps under ZeRO-2 (parameters moved by up to 3.6); DDP 2.6e-11.
+DEEPSPEED_TOLERANCE = {"orthograd_preconditioned": (1e-4, 1e-4)}
 # Refused under ZeRO-3 with a clear error (the preconditioner keeps whole-parameter moments, which ZeRO-3 partitions).
 NOT_UNDER_ZERO3 = {"orthograd_preconditioned"}
 
@@ -76,11 +79,14 @@ def two_processes(request, tmp_path_factory) -> tuple[str, Path]:
 
 def test_two_processes_match_one_process_with_twice_the_batch(one_process, two_processes):
     config, out = two_processes
-    rtol, atol = CONFIGS[config]
     mismatches = []
     for run in ALL_RUNS:
         if ZERO_STAGE[config] == 3 and run in NOT_UNDER_ZERO3:
             continue
+        if ZERO_STAGE[config] is not None and run in DEEPSPEED_TOLERANCE:
+            rtol, atol = DEEPSPEED_TOLERANCE[run]
+        else:
+            rtol, atol = CONFIGS[config]
         info = json.loads((out / run / "run_info.json").read_text())
         assert info["world_size"] == 2, f"{config}/{run} ran with world size {info['world_size']}"
         assert info["zero_stage"] == ZERO_STAGE[config], f"{config}/{run} ran with ZeRO stage {info['zero_stage']}"
