@@ -314,6 +314,21 @@ class FusedGradientCapture:
                 out[names[lp]] = grad.to(getattr(layer, lp).dtype)
         return out
 
+    def squares(self) -> dict[str, Tensor]:
+        """``Σ_i (∇ℓ_i)²`` elementwise for each captured parameter (name → parameter-shaped, readout dtype): the
+        batch's second moment of per-sample gradients, as an Adam-style preconditioner needs. Materialises each
+        layer's per-sample gradients in turn (embeddings one sample at a time)."""
+        completed, _, dtype = self._readout()
+        out = {
+            name: torch.zeros(param.shape, dtype=dtype, device=param.device)
+            for name, (_, _, param) in self._params.items()
+        }
+        for module_name, layer, sampler, factors in self._factors(completed, dtype):
+            names = self._local_names(module_name)
+            for local, value in sampler.squares(layer, *factors).items():
+                out[names[local]] = value
+        return out
+
     def per_sample_gradients(self) -> dict[str, Tensor]:
         """Materialised per-sample gradients, name → [B, *param.shape] in the readout dtype. For tests, debugging and
         the global Gram across processes: this is the [B, out, in] tensor the other readouts avoid."""

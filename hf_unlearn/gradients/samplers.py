@@ -74,6 +74,10 @@ class LayerSampler:
             local: _flat_gram(g.flatten(1), None if weights is None else weights[local]) for local, g in grads.items()
         }
 
+    def squares(self, layer: nn.Module, rows: Tensor, backprops: Tensor) -> dict[str, Tensor]:
+        """``Σ_i (∇ℓ_i)²`` elementwise, parameter-shaped: the batch's second moment of per-sample gradients."""
+        return {local: g.square().sum(0) for local, g in self.per_sample(layer, rows, backprops).items()}
+
     def dot(self, layer: nn.Module, rows: Tensor, backprops: Tensor, vector: Mapping[str, Tensor]) -> Tensor:
         out = backprops.new_zeros(backprops.shape[0])
         for local, grad in self.per_sample(layer, rows, backprops).items():
@@ -234,6 +238,14 @@ class EmbeddingSampler(LayerSampler):
         same_token = (rows[:, None, :, None] == rows[None, :, None, :]).to(backprops.dtype)  # [B, B, T, T]
         inner = torch.einsum("btd,csd->bcts", scaled, backprops)
         return {"weight": (same_token * inner).sum((2, 3))}
+
+    def squares(self, layer, rows, backprops):
+        """One sample at a time: [V, D] per sample, never [B, V, D]."""
+        backprops = self._backprops(layer, rows, backprops)
+        out = backprops.new_zeros(layer.weight.shape)
+        for i in range(rows.shape[0]):
+            out += backprops.new_zeros(layer.weight.shape).index_add_(0, rows[i], backprops[i]).square()
+        return {"weight": out}
 
     def dot(self, layer, rows, backprops, vector):
         backprops = self._backprops(layer, rows, backprops)

@@ -148,6 +148,10 @@ class VmapPerSampleGradients:
         """Name → [B, *param.shape]."""
         return dict(self._require())
 
+    def squares(self) -> dict[str, Tensor]:
+        """``Σ_i (∇ℓ_i)²`` elementwise, name → parameter-shaped (float32, or float64 for float64 models)."""
+        return {name: self._flat(g).square().sum(0).reshape(g.shape[1:]) for name, g in self._require().items()}
+
     def gram(
         self, per_tensor: bool = False, weights: Mapping[str, Tensor] | None = None
     ) -> Tensor | dict[str, Tensor]:

@@ -312,12 +312,13 @@ class OrthoGradTrainer(UnlearnTrainer):
     from the tensor's own k×k Gram (formed layer by layer anyway); up to #tensors × k directions are removed instead
     of k, and the step is orthogonal to every ``∇_p ℓ(r_i)`` tensor by tensor.
 
-    **Preconditioned space** (`projection_space="preconditioned"`, with `optim="sgd"`). The trainer keeps Adam's
-    second moment of the unprojected gradient ``ĝ = α·ḡ_r − (1 − α)·g_f``, ``v ← β2·v + (1 − β2)·ĝ²``, and
-    ``D = 1/(√v̂ + ε)`` (``v̂ = v/(1 − β2^t)``; β2 = `adam_beta2`, ε = `adam_epsilon`). The projection is done in the
+    **Preconditioned space** (`projection_space="preconditioned"`, with `optim="sgd"`). The trainer keeps an Adam
+    second moment of the step's per-sample gradients, ``v ← β2·v + (1 − β2)·(1/N) Σ_i g_i²`` over the N forget and
+    retain samples, and ``D = 1/(√v̂ + ε)`` (``v̂ = v/(1 − β2^t)``; β2 = `adam_beta2`, ε = `adam_epsilon`). Per-sample,
+    not the batch gradient: ``d`` lies in the span of the ``g_i``, so D is bounded wherever ``d`` is non-zero. The projection is done in the
     metric D — ``c = (GᵀDG)⁺ GᵀD g_f`` — and the optimizer receives ``D·d``, so the SGD step ``−η·D·d`` satisfies
     ``⟨D·d, ∇ℓ(r_i)⟩ = 0`` for every retain sample at α = 0: the step actually taken leaves every retain loss
-    unchanged to first order. D depends on ĝ, not on the projected ``d``; that is what makes the constraint linear.
+    unchanged to first order. D does not depend on the projected ``d``; that is what makes the constraint linear.
     With a stock Adam instead, ``v`` would include ``d²`` itself and the first step would be ≈ ``η·sign(d)``, which
     no linear projection can make orthogonal. *Relation to the reference code*: it turns every per-sample gradient
     into an Adam direction ``u_i = D g_i``, ``u_f = D g_f``, projects ``u_f`` against the ``u_i`` in the Euclidean
@@ -351,8 +352,8 @@ class OrthoGradTrainer(UnlearnTrainer):
 
     **Several processes** (DDP, DeepSpeed ZeRO-2/3): the projection is against the global retain batch (DESIGN §5):
     each process all-gathers the others' per-sample gradients, so N processes × batch b train like one process ×
-    batch N·b (per-tensor and preconditioned alike; the preconditioner's ĝ is all-reduced, so D is the same on every
-    process; ZeRO-3 refuses the preconditioned space); `projection_scope="local"` is the cheaper per-process
+    batch N·b (per-tensor and preconditioned alike; the preconditioner's second moment is all-reduced, so D is the same on
+    every process; ZeRO-3 refuses the preconditioned space); `projection_scope="local"` is the cheaper per-process
     operator. Under ZeRO-3 the LoRA weights are held
     whole (`hf_unlearn.distributed.whole_parameters`) while the surrogate is formed and backpropagated.
 
@@ -630,29 +631,27 @@ class OrthoGradTrainer(UnlearnTrainer):
         return update, stacked_projection_diagnostics(retain_gram, cross, forget_sq_norm, direction)
 
     def _preconditioner(self, num_forget: int, num_retain: int) -> dict[str, Tensor]:
-        """``D = 1/(√v̂ + ε)`` per parameter, Adam's diagonal preconditioner, after updating its second moment with
-        this step's unprojected gradient ``ĝ = α·ḡ_r − (1 − α)·g_f`` (over every process's samples):
-        ``v ← β2·v + (1 − β2)·ĝ²``, ``v̂ = v/(1 − β2^t)``, with β2 = `adam_beta2` and ε = `adam_epsilon`."""
-        alpha = self.args.retain_weight
-        counts = all_gather_counts([num_forget, num_retain], self.args.device)
-        total_forget, total_retain = (sum(c[i] for c in counts) for i in (0, 1))
-        raw = torch.cat(
-            [
-                torch.full((num_forget,), -(1.0 - alpha) / total_forget, dtype=torch.float64),
-                torch.full((num_retain,), alpha / total_retain, dtype=torch.float64),
-            ]
-        ) * len(counts)  # the all-reduce below averages over processes; the parts must sum
-        gradient = self._per_sample.combine(raw)
-        names = list(gradient)
-        all_reduce_mean_([gradient[n] for n in names])
+        """``D = 1/(√v̂ + ε)`` per parameter, Adam's diagonal preconditioner, after updating the second moment with
+        this step's per-sample gradients (forget and retain samples alike, over every process):
+        ``v ← β2·v + (1 − β2)·(1/N) Σ_i g_i²``, ``v̂ = v/(1 − β2^t)``, β2 = `adam_beta2`, ε = `adam_epsilon`.
+
+        Per-sample rather than the batch gradient: ``d`` lies in the span of the ``g_i``, so wherever ``d`` is
+        non-zero some ``g_i`` is, and D stays bounded there. The batch gradient ``ĝ`` can vanish on coordinates that
+        retain samples move (at α = 0, a token embedding seen only in the retain batch), where D = 1/ε would blow
+        the step up."""
+        counts = all_gather_counts([num_forget + num_retain], self.args.device)
+        total = sum(c[0] for c in counts)
+        squares = self._per_sample.squares()
+        names = list(squares)
+        all_reduce_mean_([squares[n] for n in names])  # (1/W) Σ_ranks; × W/N below gives the mean over samples
         beta2, eps = self.args.adam_beta2, self.args.adam_epsilon
         self._preconditioner_steps += 1
         correction = 1.0 - beta2**self._preconditioner_steps
         weights = {}
         for name in names:
-            g = gradient[name].float()
+            second = squares[name].float() * (len(counts) / total)
             v = self._second_moment.get(name)
-            v = (1.0 - beta2) * g * g if v is None else beta2 * v + (1.0 - beta2) * g * g
+            v = (1.0 - beta2) * second if v is None else beta2 * v + (1.0 - beta2) * second
             self._second_moment[name] = v
             weights[name] = 1.0 / ((v / correction).sqrt() + eps)
         return weights

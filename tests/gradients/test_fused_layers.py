@@ -105,6 +105,9 @@ def test_readouts_match_flattened_references(net, method):
         assert_close(weighted[name], (g * weights[name].reshape(1, -1)) @ g.T, what=f"weighted gram {name}")
     vector = {n: torch.randn(g.shape[1:], generator=generator, dtype=torch.float64) for n, g in expected.items()}
     assert_close(capture.dot(vector), flat @ flatten({n: v[None] for n, v in vector.items()})[0], what="dot")
+    squares = capture.squares()
+    for name, grad in expected.items():
+        assert_close(squares[name], grad.square().sum(0), what=f"squares {name}")
     coefficients = {n: torch.randn(5, generator=generator, dtype=torch.float64) for n in expected}
     combined = capture.combine(coefficients)
     for name, grad in expected.items():

@@ -87,13 +87,15 @@ def max_relative_dot(update: torch.Tensor, G: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("granularity", ["global", "per_tensor"])
 def test_preconditioned_step_is_orthogonal_to_every_retain_gradient(granularity, tmp_path):
-    """One SGD step of ``−η·D·d``, D = Adam's 1/(√v̂+ε) after its first update (v̂ = ĝ², ĝ = −g_f at α = 0)."""
+    """One SGD step of ``−η·D·d``, D = Adam's 1/(√v̂+ε) after its first update: v̂ = (1/N) Σ_i g_i², the mean
+    squared per-sample gradient over the N = m + k forget and retain samples."""
     model = gpt2_lora(seed=2)
     forget, retain = token_dataset(3, seed=6), token_dataset(4, seed=7)
     G = per_tensor_grads(model, collate(list(retain)))
-    g_f = {n: g.mean(0) for n, g in per_tensor_grads(model, collate(list(forget))).items()}
+    F = per_tensor_grads(model, collate(list(forget)))
+    g_f = {n: g.mean(0) for n, g in F.items()}
     eps = 1e-8
-    D = {n: 1.0 / (g.abs() + eps) for n, g in g_f.items()}
+    D = {n: 1.0 / (torch.cat([F[n], G[n]]).square().mean(0).sqrt() + eps) for n in G}
     if granularity == "global":
         d = -project_out(flat(G).T, flat(g_f), flat(D))
     else:
@@ -278,3 +280,21 @@ def test_unsupported_layer_falls_back_to_vmap_with_one_line_naming_it(tmp_path):
             tmp_path,
             per_sample_gradients="fused",
         )
+
+
+def test_preconditioned_full_fine_tuning_stays_bounded_where_only_retain_samples_move(tmp_path):
+    """Token embeddings of words only the retain batch contains have a zero forget gradient: a preconditioner built
+    from the batch gradient would put D = 1/ε there; the per-sample second moment keeps the step Adam-sized."""
+    model = untied_gpt2(seed=8)
+    forget, retain = token_dataset(2, seed=16), token_dataset(3, seed=17)
+    forget_ids = {t for row in forget["input_ids"] for t in row}
+    retain_only = sorted({t for row in retain["input_ids"] for t in row} - forget_ids)
+    assert retain_only, "the case needs tokens that only the retain batch contains"
+    G = flat(per_tensor_grads(model, collate(list(retain))))
+    before = flat_trainable(model)
+    trainer = make_trainer(model, forget, retain, collate, tmp_path, projection_space="preconditioned")
+    assert trainer.per_sample_backend == "fused"
+    trainer.train()
+    update = flat_trainable(model) - before
+    assert update.abs().max() <= 10 * LR, f"step of {update.abs().max():.3g} with lr {LR}"
+    assert max_relative_dot(update, G) < 1e-8
