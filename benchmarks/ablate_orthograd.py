@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
     columns = [*benchmark.gap_columns]
     rows = {}
     output = args.output_dir / f"ablate_orthograd_{args.benchmark}.json"
-    for variant in args.variants:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed-major: an interrupted run has every variant of the first seeds
+        for variant in args.variants:
             run_dir = args.runs_dir / args.benchmark / variant.replace("/", "-") / f"seed{seed}"
             run = run_method(benchmark, "orthograd", run_dir, seed, [*VARIANTS[variant], *extra])
             metrics = run["metrics"]
