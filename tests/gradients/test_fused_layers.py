@@ -148,3 +148,22 @@ def test_per_tensor_coefficients_are_checked():
         capture.combine({"head.weight": torch.ones(3, dtype=torch.float64)})
     with pytest.raises(ValueError, match="Expected 3 coefficients"):
         capture.combine(torch.ones(2, dtype=torch.float64))
+
+
+def test_global_gram_per_tensor_and_weighted_on_one_process():
+    """The several-process path (all-gathered per-sample gradients) forms the same per-tensor and D-weighted Grams
+    as the capture; on one process the gather is the identity."""
+    from hf_unlearn.gradients.global_gram import global_gram
+
+    _, _, capture = captured("images", 4)
+    generator = torch.Generator().manual_seed(2)
+    weights = {
+        n: torch.rand(p.shape, generator=generator, dtype=torch.float64) + 0.1 for n, p in capture.parameters.items()
+    }
+    shared = global_gram(capture.per_sample_gradients(), 1, per_tensor=True, weights=weights)
+    expected = capture.gram(per_tensor=True, weights=weights)
+    assert shared.gram.keys() == expected.keys()
+    for name in expected:
+        assert_close(shared.gram[name], expected[name], what=name)
+    assert shared.forget_mask.tolist() == [True, False, False, False] and shared.local_rows == slice(0, 4)
+    assert_close(global_gram(capture.per_sample_gradients(), 1).gram, capture.gram(), what="global")
