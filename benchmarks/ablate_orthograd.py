@@ -9,7 +9,7 @@ rate and seed as `compare_methods.py`), scored by the same Avg-Gap to the exact-
 - `global/gradient`: the library default (one projection over all LoRA weights, then the recipe's AdamW);
 - `per_tensor/gradient`: each LoRA tensor projected against its own per-sample retain gradients (the authors' code);
 - `global/preconditioned`, `per_tensor/preconditioned`: the projection in the metric of Adam's diagonal
-  preconditioner D and the plain step −lr·D·d (`optim="sgd"`; D has Adam's scale, so the preset's lr is kept).
+  preconditioner D and the plain step −lr·D·d (`optim="sgd"`, `max_grad_norm=0`: D·d has Adam's scale, so the preset's lr is kept and clipping would stall it).
 
 Writes `ablate_orthograd_<benchmark>.{json,md}` (per-seed values and mean ± sd) into `--output_dir`.
 """
@@ -29,7 +29,7 @@ from compare_methods import BENCHMARKS, avg_gap, run_method  # noqa: E402
 VARIANTS = {
     "global/gradient": [],
     "per_tensor/gradient": ["--projection_granularity", "per_tensor"],
-    "global/preconditioned": ["--projection_space", "preconditioned", "--optim", "sgd"],
+    "global/preconditioned": ["--projection_space", "preconditioned", "--optim", "sgd", "--max_grad_norm", "0"],
     "per_tensor/preconditioned": [
         "--projection_granularity",
         "per_tensor",
@@ -37,6 +37,8 @@ VARIANTS = {
         "preconditioned",
         "--optim",
         "sgd",
+        "--max_grad_norm",
+        "0",
     ],
 }
 

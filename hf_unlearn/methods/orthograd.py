@@ -218,6 +218,12 @@ class OrthoGradConfig(UnlearnConfig):
                 f"direction, so the optimizer must take a plain step: set optim='sgd' (got optim={self.optim!r}; "
                 "a second Adam would rescale the step again and break its orthogonality)."
             )
+        if self.projection_space == "preconditioned" and self.max_grad_norm:
+            raise ValueError(
+                f"projection_space='preconditioned' hands the optimizer D·d, which has Adam's per-coordinate step "
+                f"scale (norm ≈ √#parameters), so max_grad_norm={self.max_grad_norm} would clip it to a standstill: "
+                "set max_grad_norm=0 (Adam's own steps are nearly invariant to gradient clipping, so nothing is lost)."
+            )
 
 
 @dataclass

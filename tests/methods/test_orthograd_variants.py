@@ -171,6 +171,10 @@ def test_preconditioned_orthogonality_holds_after_the_first_step_and_gradient_sp
 def test_preconditioned_space_needs_sgd(tmp_path):
     with pytest.raises(ValueError, match="optim='sgd'"):
         OrthoGradConfig(output_dir=str(tmp_path), use_cpu=True, projection_space="preconditioned")
+    with pytest.raises(ValueError, match="max_grad_norm=0"):
+        OrthoGradConfig(
+            output_dir=str(tmp_path), use_cpu=True, projection_space="preconditioned", optim="sgd", max_grad_norm=1.0
+        )
     with pytest.raises(ValueError, match="projection_granularity"):
         OrthoGradConfig(output_dir=str(tmp_path), use_cpu=True, projection_granularity="per_layer")
     with pytest.raises(ValueError, match="retain_loss"):
