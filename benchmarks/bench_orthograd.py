@@ -1,16 +1,21 @@
-"""Per-step cost of OrthoGrad (fused LoRA capture, per-sample loop, torch.func vmap) against a GradDiff step.
+"""Per-step cost of OrthoGrad (fused capture, per-sample loop, torch.func vmap) against a GradDiff step.
 
     python benchmarks/bench_orthograd.py                              # CPU: tiny + whisper-base-sized, small inputs
     python benchmarks/bench_orthograd.py --device cuda --dtype bf16   # GPU: 30 s inputs (3000 frames), bf16 autocast
+    python benchmarks/bench_orthograd.py --params full --methods graddiff fused per_tensor preconditioned vmap
 
-What runs, on the same random-init Whisper with LoRA r=8 on q/k/v/out_proj and the same batches (m forget examples,
-k retain examples, k ∈ {4, 16, 64}):
+What runs, on the same random-init Whisper and the same batches (m forget examples, k retain examples,
+k ∈ {4, 16, 64}), training LoRA r=8 on q/k/v/out_proj (`--params lora`) or every parameter (`--params full`: the
+output projection is untied from the token embedding and the decoder's learned positions are frozen, the two things
+the fused capture cannot read per sample; everything else — Conv1d, Linear, Embedding, LayerNorm — is trained):
 
 - `graddiff`: `GradDiffTrainer.training_step` (forget forward, retain forward, one backward): the floor.
 - `fused`: `OrthoGradTrainer.training_step` with the fused capture (one forward + one backward of the joint batch).
 - `loop`: the published re-implementations' way, written here only: one backward for g_f, then one forward+backward
   per retain example, flattened gradients, the same solve, the same surrogate backward.
 - `vmap`: `OrthoGradTrainer.training_step` with `per_sample_gradients="vmap"` (torch.func, eager attention).
+- `per_tensor`, `preconditioned`: `fused` with `projection_granularity="per_tensor"` / `projection_space=
+  "preconditioned"` (the latter forms D-weighted Grams from materialised per-sample gradients, one layer at a time).
 
 `training_step` only: the optimizer step is identical for every method and left out. Methods are interleaved within
 each repetition so that load on a shared machine hits them alike; time is the median after warm-up.
@@ -44,12 +49,18 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 base, fp32 LoRA, autocast")
     parser.add_argument("--configs", nargs="+", default=["tiny", "base"], choices=["tiny", "base"])
+    parser.add_argument("--params", default="lora", choices=["lora", "full"], help="LoRA adapter or every parameter")
     parser.add_argument("--k", nargs="+", type=int, default=[4, 16, 64], help="retain batch sizes")
     parser.add_argument("--forget", type=int, default=8, help="forget batch size m")
     parser.add_argument("--frames", type=int, default=None, help="encoder input frames (default: 100 CPU, 3000 CUDA)")
     parser.add_argument("--label-tokens", type=int, default=None, help="target tokens (default: 16 CPU, 64 CUDA)")
     parser.add_argument("--vocab", type=int, default=None, help="base vocabulary (default: 8192 CPU, 51865 CUDA)")
-    parser.add_argument("--methods", nargs="+", default=["graddiff", "fused", "loop", "vmap"])
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["graddiff", "fused", "loop", "vmap"],
+        choices=["graddiff", "fused", "loop", "vmap", "per_tensor", "preconditioned"],
+    )
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -191,16 +202,24 @@ def build(name: str, args, k: int):
 
     torch.manual_seed(0)
     config = whisper_config(name, args.frames, args.vocab)
+    if args.params == "full":
+        config.tie_word_embeddings = False
     model = WhisperForConditionalGeneration(config)
     if args.dtype == "bf16":
         model = model.to(torch.bfloat16)
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"], lora_dropout=0.0)
-    model = get_peft_model(model, lora, autocast_adapter_dtype=True).to(args.device)
-    for n, p in model.named_parameters():
-        if p.requires_grad:
-            p.data = p.data.float()  # fp32 LoRA (peft already does this for bf16 bases; explicit for clarity)
-            if "lora_B" in n:
-                p.data.normal_(0, 0.02)  # peft starts lora_B at zero, which would make every lora_A gradient zero
+    if args.params == "full":
+        model.model.decoder.embed_positions.requires_grad_(False)
+        model.to(args.device)
+    else:
+        lora = LoraConfig(
+            r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"], lora_dropout=0.0
+        )
+        model = get_peft_model(model, lora, autocast_adapter_dtype=True).to(args.device)
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.data = p.data.float()  # fp32 LoRA (peft already does this for bf16 bases; explicit for clarity)
+                if "lora_B" in n:
+                    p.data.normal_(0, 0.02)  # peft starts lora_B at zero, which would zero every lora_A gradient
 
     def batch(n: int, seed: int):
         generator = torch.Generator().manual_seed(seed)
@@ -228,7 +247,24 @@ def build(name: str, args, k: int):
         "graddiff": (GradDiffTrainer, GradDiffConfig, {"retain_weight": 1.0}),
         "fused": (OrthoGradTrainer, OrthoGradConfig, {"per_sample_gradients": "fused", "retain_weight": 0.0}),
         "vmap": (OrthoGradTrainer, OrthoGradConfig, {"per_sample_gradients": "vmap", "retain_weight": 0.0}),
+        "per_tensor": (
+            OrthoGradTrainer,
+            OrthoGradConfig,
+            {"per_sample_gradients": "fused", "retain_weight": 0.0, "projection_granularity": "per_tensor"},
+        ),
+        "preconditioned": (
+            OrthoGradTrainer,
+            OrthoGradConfig,
+            {
+                "per_sample_gradients": "fused",
+                "retain_weight": 0.0,
+                "projection_space": "preconditioned",
+                "optim": "sgd",
+            },
+        ),
     }.items():
+        if method not in args.methods:
+            continue
         trainer = trainer_cls(
             model=model,
             args=config_cls(**common, **extra),
@@ -272,13 +308,15 @@ def bench_cell(name: str, args, k: int) -> list[dict]:
     import torch
 
     model, forget, retain, trainers = build(name, args, k)
-    counter = PassCounter(model.get_base_model())
+    counter = PassCounter(model.get_base_model() if args.params == "lora" else model)
     autocast = (lambda: torch.autocast(args.device, dtype=torch.bfloat16)) if args.dtype == "bf16" else nullcontext
     steps = {
         "graddiff": lambda: trainers["graddiff"].training_step(model, forget),
         "fused": lambda: trainers["fused"].training_step(model, forget),
         "loop": lambda: loop_step(model, forget, retain, model.config),
         "vmap": lambda: trainers["vmap"].training_step(model, forget),
+        "per_tensor": lambda: trainers["per_tensor"].training_step(model, forget),
+        "preconditioned": lambda: trainers["preconditioned"].training_step(model, forget),
     }
     steps = {m: steps[m] for m in args.methods}
     times = {m: [] for m in steps}
@@ -333,7 +371,8 @@ def main(args) -> None:
     memory_kind = "CUDA max_memory_allocated" if not cpu else "peak RSS delta (VmHWM, clear_refs)"
     print(
         f"OrthoGrad step cost — device={args.device} dtype={args.dtype} frames={args.frames} "
-        f"label_tokens={args.label_tokens} base_vocab={args.vocab} m={args.forget} LoRA r=8 on q/k/v/out_proj; "
+        f"label_tokens={args.label_tokens} base_vocab={args.vocab} m={args.forget} "
+        f"{'LoRA r=8 on q/k/v/out_proj' if args.params == 'lora' else 'full parameters'}; "
         f"median of {args.repeats} after {args.warmup} warm-up; memory = {memory_kind}",
         flush=True,
     )
@@ -350,7 +389,8 @@ def main(args) -> None:
     print(header)
     print("-" * len(header), flush=True)
 
-    output = Path(args.output or Path(__file__).parent / "results" / f"bench_orthograd_{args.device}.json")
+    suffix = "" if args.params == "lora" else "_full"
+    output = Path(args.output or Path(__file__).parent / "results" / f"bench_orthograd_{args.device}{suffix}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     machine = {
         "platform": platform.platform(),

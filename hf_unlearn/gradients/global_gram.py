@@ -19,8 +19,8 @@ from ..distributed import all_gather_counts, all_gather_rows
 class GlobalGram:
     """Gram over all ranks' samples, in rank order, and where this rank's samples sit in it."""
 
-    gram: Tensor
-    """[N, N], N = Σ_r n_r."""
+    gram: Tensor | dict[str, Tensor]
+    """[N, N], N = Σ_r n_r; with ``per_tensor``, one [N, N] Gram per parameter name."""
     forget_mask: Tensor
     """[N] bool: which rows are forget samples (each rank's rows are its forget samples, then its retain ones)."""
     local_rows: slice
@@ -35,18 +35,34 @@ def flat_per_sample_gradients(per_sample_gradients: dict[str, Tensor]) -> Tensor
     return torch.cat([per_sample_gradients[name].flatten(1) for name in names], dim=1)
 
 
-def global_gram(local_gradients: Tensor, num_forget: int) -> GlobalGram:
-    """All-gather [n_r, P] per-sample gradients (this rank's first `num_forget` rows are forget samples) and form
-    the global Gram; on one process, the local Gram. Two collectives: the row counts, then the gradients."""
-    num_rows = local_gradients.shape[0]
-    counts = all_gather_counts([num_forget, num_rows], local_gradients.device)
-    gathered = all_gather_rows(local_gradients.contiguous(), counts=[rows for _, rows in counts])
+def global_gram(
+    per_sample_gradients: dict[str, Tensor],
+    num_forget: int,
+    per_tensor: bool = False,
+    weights: dict[str, Tensor] | None = None,
+) -> GlobalGram:
+    """All-gather this rank's per-sample gradients (name → [n_r, *shape]; its first `num_forget` rows are forget
+    samples) and form the global Gram — one per parameter tensor with ``per_tensor``, ``⟨g_i, D g_j⟩`` with
+    ``weights`` D (name → parameter-shaped). On one process, the local Gram. Two collectives: the row counts, then
+    the gradients (every tensor in one [n_r, P] message)."""
+    names = sorted(per_sample_gradients)
+    local = flat_per_sample_gradients(per_sample_gradients)
+    num_rows = local.shape[0]
+    counts = all_gather_counts([num_forget, num_rows], local.device)
+    gathered = all_gather_rows(local.contiguous(), counts=[rows for _, rows in counts])
     rank = torch.distributed.get_rank() if len(counts) > 1 else 0
     start = sum(rows for _, rows in counts[:rank])
     forget_mask = torch.cat([torch.arange(rows) < forget for forget, rows in counts])
+    grams, offset = {}, 0
+    for name in names:
+        size = per_sample_gradients[name][0].numel()
+        block = gathered[:, offset : offset + size]
+        offset += size
+        left = block if weights is None else block * weights[name].reshape(1, -1).to(block)
+        grams[name] = left @ block.T
     return GlobalGram(
-        gram=gathered @ gathered.T,
+        gram=grams if per_tensor else sum(grams.values()),
         forget_mask=forget_mask,
         local_rows=slice(start, start + num_rows),
-        bytes_sent=local_gradients.numel() * local_gradients.element_size(),
+        bytes_sent=local.numel() * local.element_size(),
     )

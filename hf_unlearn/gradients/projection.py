@@ -175,21 +175,87 @@ def projection_diagnostics(
       ``⟨d, g_i⟩ = (K a)_i + s·b_i``; about 0 for α = 0 (the defining property), larger for α > 0 by design.
     - ``forget_retain_cosine``: ``cos(g_f, ḡ_r) = 1ᵀb / (‖g_f‖·sqrt(1ᵀK1))``; positive means they conflict.
     """
-    forget_sq_norm = torch.as_tensor(forget_sq_norm, dtype=gram.dtype, device=gram.device)
+    return grouped_projection_diagnostics([(gram, cross, forget_sq_norm, direction)])
+
+
+def grouped_projection_diagnostics(
+    groups: list[tuple[Tensor, Tensor, Tensor | float, OrthoGradDirection]],
+) -> dict[str, Tensor]:
+    """[`projection_diagnostics`] of a direction solved separately on disjoint groups of parameters (per-tensor
+    projection): inner products over all parameters are sums of the groups' ones, so every quantity is the
+    one of the whole concatenated direction; ``rank`` is the total number of directions removed."""
+    gram = torch.stack([g for g, _, _, _ in groups])
+    cross = torch.stack([c.to(gram) for _, c, _, _ in groups])
+    forget_sq_norm = torch.stack([torch.as_tensor(f, dtype=gram.dtype, device=gram.device) for _, _, f, _ in groups])
+    direction = OrthoGradDirection(
+        torch.stack([d.retain_coefficients.to(gram) for *_, d in groups]),
+        groups[0][3].forget_coefficient,
+        torch.stack([d.projection.to(gram) for *_, d in groups]),
+        sum(d.rank for *_, d in groups),
+    )
+    return stacked_projection_diagnostics(gram, cross, forget_sq_norm, direction)
+
+
+def stacked_projection_diagnostics(
+    gram: Tensor, cross: Tensor, forget_sq_norm: Tensor, direction: OrthoGradDirection
+) -> dict[str, Tensor]:
+    """The diagnostics of groups solved separately, stacked on dim 0 (``gram`` [n, k, k], ``cross`` [n, k],
+    ``forget_sq_norm`` [n], ``direction`` from [`stacked_orthograd_directions`])."""
     c, a, s = direction.projection.to(gram), direction.retain_coefficients.to(gram), direction.forget_coefficient
+    forget_sq_norm = forget_sq_norm.to(gram)
+
+    def quad(x: Tensor, y: Tensor) -> Tensor:  # Σ_groups xᵀ K y
+        return torch.einsum("nk,nkl,nl->", x, gram, y)
+
+    removed_sq = quad(c, c)
+    forget_sq = forget_sq_norm.sum()
+    residual_sq = forget_sq - 2 * (c * cross).sum() + removed_sq
+    update_dot_retain = torch.einsum("nkl,nl->k", gram, a) + s * cross.sum(0)  # ⟨d, g_i⟩ [k]
+    update_sq = quad(a, a) + 2 * s * (a * cross).sum() + s * s * forget_sq
+    retain_norms = gram.diagonal(dim1=-2, dim2=-1).sum(0).clamp_min(0).sqrt()
     tiny = torch.finfo(gram.dtype).tiny
-    forget_norm = forget_sq_norm.clamp_min(0).sqrt()
-    removed_sq = c @ gram @ c
-    residual_sq = (forget_sq_norm - 2 * c @ cross + removed_sq).clamp_min(0)
-    update_dot_retain = gram @ a + s * cross  # ⟨d, g_i⟩ [k]
-    update_sq = (a @ gram @ a + 2 * s * (a @ cross) + s * s * forget_sq_norm).clamp_min(0)
-    retain_norms = gram.diagonal().clamp_min(0).sqrt()
+    forget_norm = forget_sq.clamp_min(0).sqrt()
+    update_norm = update_sq.clamp_min(0).sqrt()
     nonzero = retain_norms > 0
-    cosines = update_dot_retain[nonzero].abs() / (update_sq.sqrt() * retain_norms[nonzero]).clamp_min(tiny)
+    cosines = update_dot_retain[nonzero].abs() / (update_norm * retain_norms[nonzero]).clamp_min(tiny)
     return {
         "rank": torch.tensor(float(direction.rank)),
         "removed_fraction": removed_sq.clamp_min(0).sqrt() / forget_norm.clamp_min(tiny),
-        "residual_norm": residual_sq.sqrt(),
-        "max_retain_cosine": cosines.max() if cosines.numel() else gram.new_zeros(()),
+        "residual_norm": residual_sq.clamp_min(0).sqrt(),
+        "max_retain_cosine": cosines.max() if cosines.numel() else update_norm.new_zeros(()),
         "forget_retain_cosine": cross.sum() / (forget_norm * gram.sum().clamp_min(0).sqrt()).clamp_min(tiny),
     }
+
+
+def stacked_orthograd_directions(
+    gram: Tensor, cross: Tensor, retain_weight: float, rtol: float | None = None, rank_one: bool = False
+) -> OrthoGradDirection:
+    """[`orthograd_direction`] for n independent groups at once (per-tensor projection): ``gram`` [n, k, k],
+    ``cross`` [n, k]; one batched eigen-solve instead of n small ones. Fields are stacked on dim 0 ([n, k]) and
+    ``rank`` is the total over groups. Each group is solved exactly as the single-group function solves it."""
+    if not 0.0 <= retain_weight < 1.0:
+        raise ValueError(f"retain_weight (α) must be in [0, 1), got {retain_weight}; at α = 1 nothing is unlearned.")
+    if gram.ndim != 3 or gram.shape[-1] != gram.shape[-2] or cross.shape != gram.shape[:2]:
+        raise ValueError(f"Expected gram [n, k, k] and cross [n, k], got {tuple(gram.shape)}, {tuple(cross.shape)}.")
+    _check(gram.sum(0), cross.sum(0))  # empty retain batch; NaN/inf anywhere in the stack stays non-finite in sums
+    cross = cross.to(gram)
+    k = gram.shape[-1]
+    if rank_one:
+        along = cross.sum(-1)  # k·⟨g_f, ḡ_r⟩ per group
+        mean_sq = gram.sum((-1, -2))
+        conflict = (along > 0) & (mean_sq > 0)
+        value = torch.where(
+            conflict, along / mean_sq.where(conflict, torch.ones_like(mean_sq)), torch.zeros_like(along)
+        )
+        projection, rank = value[:, None].expand(-1, k).clone(), int(conflict.sum())
+    else:
+        rtol = default_rtol(k, gram.dtype) if rtol is None else rtol
+        eigenvalues, eigenvectors = torch.linalg.eigh((gram + gram.transpose(-1, -2)) / 2)
+        keep = (eigenvalues > rtol * eigenvalues[:, -1:]) & (eigenvalues > 0)
+        inverse = torch.where(
+            keep, 1.0 / eigenvalues.where(keep, torch.ones_like(eigenvalues)), torch.zeros_like(eigenvalues)
+        )
+        projection = eigenvectors @ (inverse * (eigenvectors.transpose(-1, -2) @ cross[..., None])[..., 0])[..., None]
+        projection, rank = projection[..., 0], int(keep.sum())
+    retain_coefficients = retain_weight / k + (1.0 - retain_weight) * projection
+    return OrthoGradDirection(retain_coefficients, -(1.0 - retain_weight), projection, rank)

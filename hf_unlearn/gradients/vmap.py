@@ -1,7 +1,7 @@
 """Generic per-sample gradients of any trainable parameters with ``torch.func`` (DESIGN §3, last bullets).
 
-The fused capture only sees LoRA Linears. For full fine-tuning of a small model, or LoRA on layers the capture does
-not support (convolutions, embeddings, DoRA), ``vmap(grad(functional_call))`` gives the same per-sample gradients
+The fused capture covers Linear, Conv1d/2d, Embedding and LayerNorm weights and LoRA Linears. For any other
+trainable layer (custom norms, tied weights, DoRA), ``vmap(grad(functional_call))`` gives the same per-sample gradients
 at the cost of materialising them: memory B·P, so chunk over the sample dimension.
 """
 
@@ -32,7 +32,7 @@ class _LossModule(nn.Module):
 
 class VmapPerSampleGradients:
     r"""Per-sample gradients ``g_i = ∇ℓ_i`` of arbitrary trainable parameters, with the readouts of
-    [`LoraGradientCapture`] (``gram``, ``dot``, ``combine``, ``per_sample_gradients``).
+    [`FusedGradientCapture`] (``gram``, ``dot``, ``combine``, ``per_sample_gradients``).
 
     ``loss_fn(model, batch) -> ℓ`` [B] is the same per-example loss the fused path backpropagates. It is called on a
     batch of one example (each tensor keeps a leading dim of size 1) under `torch.func.vmap`, so it must avoid
@@ -148,10 +148,22 @@ class VmapPerSampleGradients:
         """Name → [B, *param.shape]."""
         return dict(self._require())
 
-    def gram(self) -> Tensor:
-        """``K = GᵀG`` [B, B] over all parameters, in float32 (float64 for float64 models)."""
-        flats = [self._flat(g) for g in self._require().values()]
-        return sum(f @ f.T for f in flats)
+    def squares(self) -> dict[str, Tensor]:
+        """``Σ_i (∇ℓ_i)²`` elementwise, name → parameter-shaped (float32, or float64 for float64 models)."""
+        return {name: self._flat(g).square().sum(0).reshape(g.shape[1:]) for name, g in self._require().items()}
+
+    def gram(
+        self, per_tensor: bool = False, weights: Mapping[str, Tensor] | None = None
+    ) -> Tensor | dict[str, Tensor]:
+        """``K = GᵀG`` [B, B] over all parameters, in float32 (float64 for float64 models); ``per_tensor=True`` gives
+        ``{name: that tensor's [B, B] Gram}`` and ``weights`` (name → parameter-shaped D) ``⟨∇ℓ_i, D ∇ℓ_j⟩``, as in
+        [`FusedGradientCapture.gram`]."""
+        grams = {}
+        for name, grad in self._require().items():
+            flat = self._flat(grad)
+            left = flat if weights is None else flat * weights[name].reshape(1, -1).to(flat)
+            grams[name] = left @ flat.T
+        return grams if per_tensor else sum(grams.values())
 
     def dot(self, vector: Mapping[str | nn.Parameter, Tensor | None]) -> Tensor:
         """``Gᵀv`` [B] for ``v`` keyed by parameter name or parameter; ``None`` entries count as zero."""
@@ -167,13 +179,19 @@ class VmapPerSampleGradients:
                 out = out + flat @ by_name[name].reshape(-1).to(flat.dtype)
         return out if isinstance(out, Tensor) else torch.zeros(self.batch_size)
 
-    def combine(self, coefficients: Tensor) -> dict[str, Tensor]:
-        """``Σ_i c_i ∇ℓ_i``, name → tensor of the parameter's shape and dtype."""
+    def combine(self, coefficients: Tensor | Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``Σ_i c_i ∇ℓ_i``, name → tensor of the parameter's shape and dtype; one [B] vector for every parameter, or
+        a mapping name → [B]."""
         grads = self._require()
-        if coefficients.shape != (self.batch_size,):
-            raise ValueError(f"Expected {self.batch_size} coefficients, got shape {tuple(coefficients.shape)}.")
+        if isinstance(coefficients, Tensor):
+            if coefficients.shape != (self.batch_size,):
+                raise ValueError(f"Expected {self.batch_size} coefficients, got shape {tuple(coefficients.shape)}.")
+            coefficients = dict.fromkeys(grads, coefficients)
+        missing = [n for n in grads if n not in coefficients]
+        if missing:
+            raise ValueError(f"No coefficients for parameters {missing[:5]}; give one [B] vector per parameter.")
         out = {}
         for name, grad in grads.items():
             flat = self._flat(grad)
-            out[name] = (coefficients.to(flat) @ flat).reshape(grad.shape[1:]).to(self.params[name].dtype)
+            out[name] = (coefficients[name].to(flat) @ flat).reshape(grad.shape[1:]).to(self.params[name].dtype)
         return out

@@ -16,22 +16,24 @@ import torch.nn.functional as F
 from accelerate.utils import DistributedType
 from torch import Tensor, nn
 from transformers import PreTrainedModel
+from transformers.utils import logging
 
 from ..configs import UnlearnConfig
-from ..distributed import whole_parameters, zero_stage
+from ..distributed import all_gather_counts, all_reduce_mean_, whole_parameters, zero_stage
 from ..gradients import (
-    LoraGradientCapture,
+    FusedGradientCapture,
+    UnsupportedLayerError,
     VmapPerSampleGradients,
-    joint_gram_blocks,
-    orthograd_direction,
-    projection_diagnostics,
 )
-from ..gradients.global_gram import flat_per_sample_gradients, global_gram
+from ..gradients.global_gram import global_gram
+from ..gradients.projection import stacked_orthograd_directions, stacked_projection_diagnostics
 from ..losses import (
     IGNORE_INDEX,
+    align_logits_and_labels,
     model_sequence_log_prob,
     npo_per_example_loss,
     per_example_loss_from_log_prob,
+    sequence_log_prob,
     shift_labels_right,
     target_lengths,
 )
@@ -43,7 +45,12 @@ from .reference import ReferencePolicy, reference_log_prob
 FORGET_LOSSES = ("ga", "npo")
 PROJECTIONS = ("full", "rank1")
 PROJECTION_SCOPES = ("global", "local")
+logger = logging.get_logger(__name__)
+
 PER_SAMPLE_BACKENDS = ("auto", "fused", "vmap")
+GRANULARITIES = ("global", "per_tensor")
+PROJECTION_SPACES = ("gradient", "preconditioned")
+RETAIN_LOSSES = ("ce", "kl")
 
 
 @dataclass
@@ -73,6 +80,21 @@ class OrthoGradConfig(UnlearnConfig):
             process per step) and the result equals one process with the whole batch. `"local"`: each process
             projects its own forget gradient against its own retain samples and the directions are averaged — no
             extra communication, but the update is then orthogonal to no particular retain sample.
+        projection_granularity (`str`, *optional*, defaults to `"global"`):
+            `"global"`: one projection of the whole forget gradient against the per-sample retain gradients over all
+            trainable parameters (removes at most k directions). `"per_tensor"`: as the OrthoGrad authors' code, each
+            parameter tensor's forget gradient is projected against that tensor's own per-sample retain gradients
+            (removes up to #tensors × k directions; the update is then orthogonal to every g_i per tensor, a stricter
+            constraint). Both use the per-tensor k×k Grams the capture forms layer by layer.
+        projection_space (`str`, *optional*, defaults to `"gradient"`):
+            `"gradient"`: project in the Euclidean metric; the optimizer then rescales the direction (Adam's step is
+            not orthogonal to the retain gradients). `"preconditioned"`: project in the metric of an Adam-style
+            diagonal preconditioner ``D = 1/(√v̂ + ε)`` kept by the trainer and take the step ``−η·D·d``, which is
+            orthogonal to every per-sample retain gradient; needs `optim="sgd"` (see [`OrthoGradTrainer`]).
+        retain_loss (`str`, *optional*, defaults to `"ce"`):
+            The per-sample retain objective whose gradients span the protected subspace (and that α descends on):
+            `"ce"` (each retain example's mean token cross-entropy) or `"kl"` (its mean token KL(π_ref ‖ π_θ) to
+            the original model: the adapter disabled under LoRA, a frozen copy otherwise, as NPO's reference).
         forget_loss (`str`, *optional*, defaults to `"ga"`):
             The unlearning objective whose gradient is projected: `"ga"` (raise ``L_f``, the mean per-example forget
             loss) or `"npo"` (lower NPO's loss; the reference is the model with its adapter disabled).
@@ -82,10 +104,11 @@ class OrthoGradConfig(UnlearnConfig):
         > Per-sample gradients
 
         per_sample_gradients (`str`, *optional*, defaults to `"auto"`):
-            `"fused"`: hooks on peft LoRA `lora_A`/`lora_B` Linears recover per-sample gradients from the step's one
-            backward (every trainable parameter must be a LoRA weight). `"vmap"`: `torch.func.vmap` over samples, for
-            any trainable parameters (full fine-tuning of a small model); it materialises k per-sample gradients.
-            `"auto"`: fused when possible, vmap otherwise.
+            `"fused"`: hooks recover per-sample gradients from the step's one backward
+            ([`~hf_unlearn.gradients.FusedGradientCapture`]): peft LoRA weights, or full fine-tuning of nn.Linear,
+            transformers Conv1D, nn.Conv1d/2d, nn.Embedding and nn.LayerNorm weights. `"vmap"`: `torch.func.vmap` over
+            samples, for any trainable parameters; it materialises k per-sample gradients. `"auto"`: fused when every
+            trainable parameter is supported, vmap otherwise (one log line names the unsupported layer).
         vmap_chunk_size (`int` or `None`, *optional*, defaults to `None`):
             Samples per `torch.func.vmap` chunk on the vmap path; bounds its peak memory. `None`: the whole batch.
 
@@ -120,6 +143,29 @@ class OrthoGradConfig(UnlearnConfig):
             "help": "With several processes: project against every process's retain samples ('global', exact) or "
             "each process against its own ('local', cheaper, a different operator).",
             "choices": list(PROJECTION_SCOPES),
+        },
+    )
+    projection_granularity: str = field(
+        default="global",
+        metadata={
+            "help": "'global' (one projection over all parameters) or 'per_tensor' (each tensor against its own "
+            "per-sample retain gradients, as the authors' code).",
+            "choices": list(GRANULARITIES),
+        },
+    )
+    projection_space: str = field(
+        default="gradient",
+        metadata={
+            "help": "'gradient' (Euclidean projection) or 'preconditioned' (in the metric of an Adam-style diagonal "
+            "preconditioner, so that the SGD step -lr*D*d is orthogonal to the retain gradients; needs optim='sgd').",
+            "choices": list(PROJECTION_SPACES),
+        },
+    )
+    retain_loss: str = field(
+        default="ce",
+        metadata={
+            "help": "Per-sample retain objective: 'ce' (cross-entropy) or 'kl' (KL to the original model).",
+            "choices": list(RETAIN_LOSSES),
         },
     )
     per_sample_gradients: str = field(
@@ -159,7 +205,26 @@ class OrthoGradConfig(UnlearnConfig):
             )
         if self.vmap_chunk_size is not None and self.vmap_chunk_size < 1:
             raise ValueError(f"vmap_chunk_size must be >= 1 or None, got {self.vmap_chunk_size}.")
+        for name, choices in (
+            ("projection_granularity", GRANULARITIES),
+            ("projection_space", PROJECTION_SPACES),
+            ("retain_loss", RETAIN_LOSSES),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}.")
         super().__post_init__()
+        if self.projection_space == "preconditioned" and str(getattr(self.optim, "value", self.optim)) != "sgd":
+            raise ValueError(
+                f"projection_space='preconditioned' already applies Adam's diagonal scaling D to the projected "
+                f"direction, so the optimizer must take a plain step: set optim='sgd' (got optim={self.optim!r}; "
+                "a second Adam would rescale the step again and break its orthogonality)."
+            )
+        if self.projection_space == "preconditioned" and self.max_grad_norm:
+            raise ValueError(
+                f"projection_space='preconditioned' hands the optimizer D·d, which has Adam's per-coordinate step "
+                f"scale (norm ≈ √#parameters), so max_grad_norm={self.max_grad_norm} would clip it to a standstill: "
+                "set max_grad_norm=0 (Adam's own steps are nearly invariant to gradient clipping, so nothing is lost)."
+            )
 
 
 @dataclass
@@ -234,17 +299,49 @@ class OrthoGradTrainer(UnlearnTrainer):
 
     with ``G = [∇ℓ(r_1) … ∇ℓ(r_k)]``, ``ḡ_r = (1/k) Σ_i ∇ℓ(r_i)``, ``g_f = ∇L_f`` (GA) or ``−∇L_NPO`` (NPO) and
     α = `retain_weight`. The optimizer descends along ``d``; with SGD and α = 0 the step is orthogonal to each
-    ``∇ℓ(r_i)``, so to first order no retain example's loss changes. Adam (the default optimizer) preconditions
-    ``d``, so orthogonality then holds only approximately.
+    ``∇ℓ(r_i)``, so to first order no retain example's loss changes. Adam rescales ``d`` coordinate-wise, so in the
+    default `projection_space="gradient"` orthogonality then holds only approximately (see below).
 
     **One step.** The forget batch (m examples) and the retain batch (k examples) are concatenated into one batch
     (`concatenate_batches`) and run through ONE forward and ONE backward of ``Σ_j φ(f_j) + Σ_i ℓ(r_i)`` (φ = ℓ for GA,
-    ``−npo_j`` for NPO), inside a [`~hf_unlearn.gradients.LoraGradientCapture`] that reads the per-sample gradients of
-    the LoRA factors off that backward. The (m+k)² Gram gives ``GᵀG``, ``Gᵀg_f`` and ``‖g_f‖²``; the k×k solve gives
-    coefficients with ``d = Σ_i a_i ∇ℓ(r_i) + (s/m)·Σ_j ∇φ(f_j)``, which the capture turns into ``d`` per LoRA
-    parameter. ``d`` reaches the optimizer as the gradient of the linear surrogate ``Σ_p ⟨p, d_p⟩`` (``d`` held fixed),
-    backpropagated through `accelerator.backward`: no second forward, and `.grad` is never edited (DeepSpeed owns it).
-    Without LoRA (full fine-tuning), `torch.func.vmap` gives the same per-sample gradients, more slowly.
+    ``−npo_j`` for NPO), inside a [`~hf_unlearn.gradients.FusedGradientCapture`] that reads the per-sample gradients
+    off that backward from each layer's input and output gradient — peft LoRA factors, or, for full fine-tuning,
+    nn.Linear / Conv1D / Conv1d/2d / Embedding / LayerNorm weights. The (m+k)² Gram gives ``GᵀG``, ``Gᵀg_f`` and
+    ``‖g_f‖²``; the k×k solve gives coefficients with ``d = Σ_i a_i ∇ℓ(r_i) + (s/m)·Σ_j ∇φ(f_j)``, which the capture
+    turns into ``d`` per parameter. ``d`` reaches the optimizer as the gradient of the linear surrogate
+    ``Σ_p ⟨p, d_p⟩`` (``d`` held fixed), backpropagated through `accelerator.backward`: no second forward, and
+    `.grad` is never edited (DeepSpeed owns it). A model with a trainable layer the capture cannot read (a custom
+    norm, tied embeddings, a position embedding broadcast over the batch) uses `torch.func.vmap` instead, with one
+    log line naming the layer.
+
+    **Per-tensor projection** (`projection_granularity="per_tensor"`, as in the authors' code): each parameter
+    tensor p is projected separately, ``P⊥_p g_{f,p} = g_{f,p} − G_p c_p`` with ``c_p = (G_pᵀG_p)⁺ G_pᵀ g_{f,p}``,
+    from the tensor's own k×k Gram (formed layer by layer anyway); up to #tensors × k directions are removed instead
+    of k, and the step is orthogonal to every ``∇_p ℓ(r_i)`` tensor by tensor.
+
+    **Preconditioned space** (`projection_space="preconditioned"`, with `optim="sgd"`). The trainer keeps an Adam
+    second moment of the step's per-sample gradients, ``v ← β2·v + (1 − β2)·(1/N) Σ_i g_i²`` over the N forget and
+    retain samples, and ``D = 1/(√v̂ + ε)`` (``v̂ = v/(1 − β2^t)``; β2 = `adam_beta2`, ε = `adam_epsilon`). Per-sample,
+    not the batch gradient: ``d`` lies in the span of the ``g_i``, so D is bounded wherever ``d`` is non-zero. The projection is done in the
+    metric D — ``c = (GᵀDG)⁺ GᵀD g_f`` — and the optimizer receives ``D·d``, so the SGD step ``−η·D·d`` satisfies
+    ``⟨D·d, ∇ℓ(r_i)⟩ = 0`` for every retain sample at α = 0: the step actually taken leaves every retain loss
+    unchanged to first order. D does not depend on the projected ``d``; that is what makes the constraint linear.
+    With a stock Adam instead, ``v`` would include ``d²`` itself and the first step would be ≈ ``η·sign(d)``, which
+    no linear projection can make orthogonal. *Relation to the reference code*: it turns every per-sample gradient
+    into an Adam direction ``u_i = D g_i``, ``u_f = D g_f``, projects ``u_f`` against the ``u_i`` in the Euclidean
+    metric and takes a plain step; that step is orthogonal to ``D g_i``, not to ``g_i``. Both steps lie in
+    span{D g_f, D g_i}; ours is the reference construction with the inner product ``⟨u, w⟩_{D⁻¹}``, chosen because
+    the first-order change of retain loss i is ``⟨∇ℓ(r_i), Δθ⟩``, the quantity OrthoGrad sets to zero. *Momentum*
+    (β1 > 0, e.g. SGD momentum through `optim_args`) adds earlier steps' directions, which were orthogonal to earlier
+    retain samples only, so the step is then orthogonal only in its current-step part; this is what β1 > 0 does to
+    the reference's Adam directions too. Weight decay adds ``λθ`` to the step and breaks orthogonality likewise. The
+    second moment lives on the trainer (it is not in the optimizer's checkpoint: a resumed run restarts it) and is
+    updated once per micro-step under gradient accumulation. Diagnostics are then in the D metric.
+
+    **KL retain loss** (`retain_loss="kl"`): the retain term of each sample is its mean token
+    ``KL(π_ref ‖ π_θ)`` over its own targets, π_ref the model before unlearning (the adapter disabled under LoRA, a
+    frozen copy otherwise, as NPO's reference); its per-sample gradients span G, and α descends on its mean. The
+    task cross-entropy is still logged as `retain/loss`, the KL as `retain/kl`.
 
     **Losses.** ℓ is the mean token cross-entropy over each example's own targets (DESIGN §1); `num_items_in_batch`
     is ignored so that a sample's weight never depends on its length. The returned (logged) loss is the unprojected
@@ -261,8 +358,10 @@ class OrthoGradTrainer(UnlearnTrainer):
     the two conflict), `forget/loss`, `retain/loss` (and `npo/loss` with NPO).
 
     **Several processes** (DDP, DeepSpeed ZeRO-2/3): the projection is against the global retain batch (DESIGN §5):
-    each process all-gathers the others' per-sample LoRA gradients, so N processes × batch b train like one process ×
-    batch N·b; `projection_scope="local"` is the cheaper per-process operator. Under ZeRO-3 the LoRA weights are held
+    each process all-gathers the others' per-sample gradients, so N processes × batch b train like one process ×
+    batch N·b (per-tensor and preconditioned alike; the preconditioner's second moment is all-reduced, so D is the same on
+    every process; ZeRO-3 refuses the preconditioned space); `projection_scope="local"` is the cheaper per-process
+    operator. Under ZeRO-3 the LoRA weights are held
     whole (`hf_unlearn.distributed.whole_parameters`) while the surrogate is formed and backpropagated.
 
     Example:
@@ -317,23 +416,42 @@ class OrthoGradTrainer(UnlearnTrainer):
                 "partitions the very parameters vmap differentiates: train a peft LoRA adapter (fused capture), or use "
                 "ZeRO-2 (accelerate_configs/deepspeed_zero2.yaml) or DDP."
             )
-        self.reference = ReferencePolicy(unwrapped) if self.args.forget_loss == "npo" else None
+        if self.args.projection_space == "preconditioned" and zero_stage(self.accelerator) == 3:
+            raise ValueError(
+                "projection_space='preconditioned' keeps a whole-parameter second moment, which ZeRO-3 partitions: "
+                "use ZeRO-2 or DDP, or projection_space='gradient'."
+            )
+        needs_reference = self.args.forget_loss == "npo" or self.args.retain_loss == "kl"
+        self.reference = ReferencePolicy(unwrapped) if needs_reference else None
+        self._second_moment: dict[str, Tensor] = {}  # v of projection_space="preconditioned"
+        self._preconditioner_steps = 0
 
     # ------------------------------------------------------------------ construction
 
-    def _build_per_sample(self, model: nn.Module) -> LoraGradientCapture | VmapPerSampleGradients:
+    def _build_per_sample(self, model: nn.Module) -> FusedGradientCapture | VmapPerSampleGradients:
         """The per-sample gradient backend, built once so that bad models fail here rather than at the first step."""
-        mode = self.args.per_sample_gradients
-        if mode in ("auto", "fused"):
+        if self.args.per_sample_gradients in ("auto", "fused"):
             try:
-                return LoraGradientCapture(model)  # hooks are registered only while the capture is entered
-            except ValueError:
-                if mode == "fused":
-                    raise
+                return FusedGradientCapture(model)  # hooks are registered only while the capture is entered
+            except UnsupportedLayerError as error:
+                return self._fallback(model, error)
+        return self._vmap_backend(model)
+
+    def _fallback(self, model: nn.Module, error: UnsupportedLayerError) -> VmapPerSampleGradients:
+        """vmap instead of the fused capture, with one log line naming the layer; an error if "fused" was asked."""
+        if self.args.per_sample_gradients == "fused":
+            raise ValueError(
+                f"The fused per-sample capture cannot cover this model: {error} Use per_sample_gradients='auto' or "
+                "'vmap' (VmapPerSampleGradients), or freeze that layer."
+            ) from error
+        logger.warning(f"OrthoGrad: per-sample gradients by torch.func vmap (slower), since {error}")
+        return self._vmap_backend(model)
+
+    def _vmap_backend(self, model: nn.Module) -> VmapPerSampleGradients:
         if self.args.activation_checkpointing:
             raise ValueError(
                 "The torch.func (vmap) path does not run under activation checkpointing: set "
-                "activation_checkpointing=False, or train a peft LoRA adapter to use the fused capture."
+                "activation_checkpointing=False, or train a model whose trainable layers the fused capture supports."
             )
         return VmapPerSampleGradients(
             model, self._vmap_objective, chunk_size=self.args.vmap_chunk_size, randomness="different"
@@ -342,7 +460,7 @@ class OrthoGradTrainer(UnlearnTrainer):
     @property
     def per_sample_backend(self) -> str:
         """`"fused"` or `"vmap"`: how this trainer computes per-sample gradients."""
-        return "fused" if isinstance(self._per_sample, LoraGradientCapture) else "vmap"
+        return "fused" if isinstance(self._per_sample, FusedGradientCapture) else "vmap"
 
     # ------------------------------------------------------------------ per-sample objective
 
@@ -354,12 +472,17 @@ class OrthoGradTrainer(UnlearnTrainer):
             return losses
         return -npo_per_example_loss(log_prob, ref_log_prob, self.args.npo_beta)
 
-    def _joint_objective(self, model: nn.Module, joint: dict[str, Tensor], num_forget: int, ref_log_prob):
-        """``(φ [m+k], ℓ [m+k])``: the per-example terms to capture, and the per-example task losses for logging."""
-        log_prob, lengths = model_sequence_log_prob(model, joint, self.model_config)
+    def _joint_objective(self, model: nn.Module, joint: dict[str, Tensor], num_forget: int, reference: "_Reference"):
+        """``(φ [m+k], ℓ [m+k], retain term [k])``: the per-example terms to capture (forget φ, then the retain
+        objective: ℓ or KL), the per-example task losses for logging, and the retain objective's values."""
+        logits, labels = _aligned_logits(model, joint, self.model_config)
+        log_prob, lengths = sequence_log_prob(logits, labels)
         losses = per_example_loss_from_log_prob(log_prob, lengths)  # ℓ [m+k]; raises on an empty target
-        forget_terms = self._forget_objective(log_prob[:num_forget], losses[:num_forget], ref_log_prob)
-        return torch.cat([forget_terms, losses[num_forget:]]), losses.detach()
+        forget_terms = self._forget_objective(log_prob[:num_forget], losses[:num_forget], reference.forget_log_prob)
+        retain_terms = losses[num_forget:]
+        if reference.retain_log_probs is not None:
+            retain_terms = _per_example_kl(reference.retain_log_probs, logits[num_forget:], labels[num_forget:])
+        return torch.cat([forget_terms, retain_terms]), losses.detach(), retain_terms.detach()
 
     def _vmap_objective(self, model: nn.Module, example: dict[str, Tensor]) -> Tensor:
         """φ for one example under `torch.func.vmap`: no value-dependent branch (the empty-target check is done on
@@ -367,13 +490,34 @@ class OrthoGradTrainer(UnlearnTrainer):
         example = dict(example)
         is_forget = example.pop("_is_forget")
         ref_log_prob = example.pop("_reference_log_prob")
-        log_prob, lengths = model_sequence_log_prob(model, example, self.model_config)
+        ref_token_log_probs = example.pop("_reference_token_log_probs", None)
+        logits, labels = _aligned_logits(model, example, self.model_config)
+        log_prob, lengths = sequence_log_prob(logits, labels)
         losses = -log_prob / lengths
-        forget_terms = self._forget_objective(log_prob, losses, ref_log_prob if self.reference is not None else None)
-        return torch.where(is_forget, forget_terms, losses)
+        forget_ref = ref_log_prob if self.args.forget_loss == "npo" else None
+        forget_terms = self._forget_objective(log_prob, losses, forget_ref)
+        retain_terms = losses
+        if ref_token_log_probs is not None:
+            retain_terms = _per_example_kl(ref_token_log_probs, logits, labels)
+        return torch.where(is_forget, forget_terms, retain_terms)
 
     def _target_lengths(self, labels: Tensor) -> Tensor:
         return target_lengths(labels, bool(getattr(self.model_config, "is_encoder_decoder", False)))
+
+    def _reference_outputs(self, unwrapped: nn.Module, forget, joint, num_forget: int) -> "_Reference":
+        """π_ref's forget sequence log-probabilities (NPO) and retain token log-distributions (KL), without grad."""
+        reference = _Reference()
+        if self.args.forget_loss == "npo":
+            reference.forget_log_prob = reference_log_prob(
+                self.reference, unwrapped, lambda m: model_sequence_log_prob(m, forget, self.model_config)[0]
+            )
+        if self.args.retain_loss == "kl":
+            # Scored on the retain rows of the joint (padded) batch, so positions line up with the policy's logits.
+            retain = {k: v[num_forget:] if isinstance(v, Tensor) else v for k, v in joint.items()}
+            reference.retain_log_probs = reference_log_prob(
+                self.reference, unwrapped, lambda m: _log_softmax(_aligned_logits(m, retain, self.model_config)[0])
+            )
+        return reference
 
     # ------------------------------------------------------------------ the step
 
@@ -395,46 +539,23 @@ class OrthoGradTrainer(UnlearnTrainer):
             0 if pad_token_id is None else pad_token_id,
             bool(getattr(self.model_config, "is_encoder_decoder", False)),
         )
-        ref_log_prob = None
-        if self.reference is not None:
-            ref_log_prob = reference_log_prob(
-                self.reference, unwrapped, lambda m: model_sequence_log_prob(m, forget, self.model_config)[0]
-            )
+        reference = self._reference_outputs(unwrapped, forget, joint, num_forget)
 
         try:
-            with self.compute_loss_context_manager():
-                if self.per_sample_backend == "fused":
-                    losses = self._capture_fused(model, unwrapped, joint, num_forget, ref_log_prob)
-                else:
-                    losses = self._capture_vmap(unwrapped, joint, num_forget, ref_log_prob)
-            per_sample = self._per_sample
-            forget_mask = torch.arange(num_forget + num_retain) < num_forget
-            if self.args.projection_scope == "global" and self.accelerator.num_processes > 1:
-                # Project against every rank's retain samples; each rank keeps its own samples' coefficients and
-                # the gradient all-reduce, which averages over ranks, sums the parts back (hence the scale).
-                shared = global_gram(flat_per_sample_gradients(per_sample.per_sample_gradients()), num_forget)
-                gram, forget_mask, local_rows = shared.gram, shared.forget_mask, shared.local_rows
-                scale = float(self.accelerator.num_processes)
-            else:
-                gram, local_rows, scale = per_sample.gram(), slice(0, num_forget + num_retain), 1.0
-            retain_gram, cross, forget_sq_norm = joint_gram_blocks(gram, forget_mask)
-            alpha = self.args.retain_weight
-            direction = orthograd_direction(
-                retain_gram, cross, alpha, self.args.projection_tolerance, rank_one=self.args.projection == "rank1"
+            losses, retain_terms, update, diagnostics = self._capture_and_project(
+                model, unwrapped, joint, num_forget, num_retain, reference
             )
-            # d = Σ_i a_i ∇ℓ(r_i) + s·g_f with g_f = (1/m) Σ_j ∇φ(f_j): per-forget-sample coefficient s/m.
-            coefficients = retain_gram.new_zeros(gram.shape[0])
-            coefficients[forget_mask.to(gram.device)] = direction.forget_coefficient / int(forget_mask.sum())
-            coefficients[~forget_mask.to(gram.device)] = direction.retain_coefficients.to(retain_gram)
-            coefficients = coefficients[local_rows] * scale
-            update = per_sample.combine(coefficients)  # name → d_p
-            diagnostics = projection_diagnostics(retain_gram, cross, forget_sq_norm, direction)
-        finally:
-            self._per_sample.clear()  # drop the captured activations now (also on error), not at the next step
+        except UnsupportedLayerError as error:
+            # Found only once the step ran (a layer broadcast over the batch): fall back for good, redo this step.
+            self._per_sample.clear()
+            self._per_sample = self._fallback(unwrapped, error)
+            losses, retain_terms, update, diagnostics = self._capture_and_project(
+                model, unwrapped, joint, num_forget, num_retain, reference
+            )
 
         # ⟨p, d_p⟩ with d_p a constant is linear in p, so its gradient is exactly d_p: the optimizer, accumulation and
         # DeepSpeed receive d through an ordinary backward, without touching `.grad` and without a second forward.
-        parameters = per_sample.parameters
+        parameters = self._per_sample.parameters
         kwargs = {}
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             # DeepSpeed scales by the accumulation steps itself (transformers PR #35808): do it once, here.
@@ -445,25 +566,111 @@ class OrthoGradTrainer(UnlearnTrainer):
 
         forget_loss = losses[:num_forget].mean()
         retain_loss = losses[num_forget:].mean()
-        if ref_log_prob is None:
+        if reference.forget_log_prob is None:
             unlearn_loss = -forget_loss
         else:
             log_prob = -losses[:num_forget] * self._target_lengths(forget["labels"])
-            unlearn_loss = npo_per_example_loss(log_prob, ref_log_prob, self.args.npo_beta).mean()
+            unlearn_loss = npo_per_example_loss(log_prob, reference.forget_log_prob, self.args.npo_beta).mean()
             self.log_metric("npo/loss", unlearn_loss)
         self.log_metric("forget/loss", forget_loss)
         self.log_metric("retain/loss", retain_loss)
+        if self.args.retain_loss == "kl":
+            self.log_metric("retain/kl", retain_terms.mean())
         for key, value in diagnostics.items():
             self.log_metric(f"orthograd/{key}", value)
-        loss = alpha * retain_loss + (1.0 - alpha) * unlearn_loss
+        alpha = self.args.retain_weight
+        loss = alpha * retain_terms.mean() + (1.0 - alpha) * unlearn_loss
         return (loss / self.current_gradient_accumulation_steps).detach()
 
-    def _capture_fused(self, model, unwrapped, joint, num_forget, ref_log_prob) -> Tensor:
+    def _capture_and_project(self, model, unwrapped, joint, num_forget, num_retain, reference):
+        try:
+            with self.compute_loss_context_manager():
+                if self.per_sample_backend == "fused":
+                    losses, retain_terms = self._capture_fused(model, unwrapped, joint, num_forget, reference)
+                else:
+                    losses, retain_terms = self._capture_vmap(unwrapped, joint, num_forget, reference)
+            return losses, retain_terms, *self._projected_update(num_forget, num_retain)
+        finally:
+            self._per_sample.clear()  # drop the captured activations now (also on error), not at the next step
+
+    def _projected_update(self, num_forget: int, num_retain: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``{name: u_p}``, the gradient handed to the optimizer (``d``, or ``D·d`` in preconditioned space), and the
+        diagnostics. Grams are global or per tensor, Euclidean or D-weighted; each group gets its own k×k solve."""
+        per_sample = self._per_sample
+        per_tensor = self.args.projection_granularity == "per_tensor"
+        weights = (
+            self._preconditioner(num_forget, num_retain) if self.args.projection_space == "preconditioned" else None
+        )
+        forget_mask = torch.arange(num_forget + num_retain) < num_forget
+        if self.args.projection_scope == "global" and self.accelerator.num_processes > 1:
+            # Project against every rank's retain samples; each rank keeps its own samples' coefficients and
+            # the gradient all-reduce, which averages over ranks, sums the parts back (hence the scale).
+            shared = global_gram(per_sample.per_sample_gradients(), num_forget, per_tensor=per_tensor, weights=weights)
+            grams, forget_mask, local_rows = shared.gram, shared.forget_mask, shared.local_rows
+            scale = float(self.accelerator.num_processes)
+        else:
+            grams = per_sample.gram(per_tensor=per_tensor, weights=weights)
+            local_rows, scale = slice(0, num_forget + num_retain), 1.0
+        names = list(grams) if per_tensor else [None]
+        stacked = torch.stack([grams[name] for name in names]) if per_tensor else grams.unsqueeze(0)  # [n, N, N]
+        mask = forget_mask.to(stacked.device)
+        num_forget_total = int(forget_mask.sum())
+        # With g_f = (1/m) Σ_j ∇φ(f_j): Gᵀg_f = K_rf·1/m and ‖g_f‖² = 1ᵀK_ff1/m² (`joint_gram_blocks`, per group).
+        retain_rows = stacked[:, ~mask]
+        retain_gram = retain_rows[:, :, ~mask]
+        cross = retain_rows[:, :, mask].sum(-1) / num_forget_total
+        forget_sq_norm = stacked[:, mask][:, :, mask].sum((-1, -2)) / num_forget_total**2
+        direction = stacked_orthograd_directions(
+            retain_gram,
+            cross,
+            self.args.retain_weight,
+            self.args.projection_tolerance,
+            rank_one=self.args.projection == "rank1",
+        )
+        # d = Σ_i a_i ∇ℓ(r_i) + s·g_f: per-forget-sample coefficient s/m, per group.
+        vectors = stacked.new_zeros(len(names), stacked.shape[-1])
+        vectors[:, mask] = direction.forget_coefficient / num_forget_total
+        vectors[:, ~mask] = direction.retain_coefficients.to(stacked)
+        vectors = vectors[:, local_rows] * scale
+        coefficients = dict(zip(names, vectors, strict=True)) if per_tensor else vectors[0]
+        update = per_sample.combine(coefficients)
+        if weights is not None:
+            update = {name: (weights[name] * u).to(u.dtype) for name, u in update.items()}
+        return update, stacked_projection_diagnostics(retain_gram, cross, forget_sq_norm, direction)
+
+    def _preconditioner(self, num_forget: int, num_retain: int) -> dict[str, Tensor]:
+        """``D = 1/(√v̂ + ε)`` per parameter, Adam's diagonal preconditioner, after updating the second moment with
+        this step's per-sample gradients (forget and retain samples alike, over every process):
+        ``v ← β2·v + (1 − β2)·(1/N) Σ_i g_i²``, ``v̂ = v/(1 − β2^t)``, β2 = `adam_beta2`, ε = `adam_epsilon`.
+
+        Per-sample rather than the batch gradient: ``d`` lies in the span of the ``g_i``, so wherever ``d`` is
+        non-zero some ``g_i`` is, and D stays bounded there. The batch gradient ``ĝ`` can vanish on coordinates that
+        retain samples move (at α = 0, a token embedding seen only in the retain batch), where D = 1/ε would blow
+        the step up."""
+        counts = all_gather_counts([num_forget + num_retain], self.args.device)
+        total = sum(c[0] for c in counts)
+        squares = self._per_sample.squares()
+        names = list(squares)
+        all_reduce_mean_([squares[n] for n in names])  # (1/W) Σ_ranks; × W/N below gives the mean over samples
+        beta2, eps = self.args.adam_beta2, self.args.adam_epsilon
+        self._preconditioner_steps += 1
+        correction = 1.0 - beta2**self._preconditioner_steps
+        weights = {}
+        for name in names:
+            second = squares[name].float() * (len(counts) / total)
+            v = self._second_moment.get(name)
+            v = (1.0 - beta2) * second if v is None else beta2 * v + (1.0 - beta2) * second
+            self._second_moment[name] = v
+            weights[name] = 1.0 / ((v / correction).sqrt() + eps)
+        return weights
+
+    def _capture_fused(self, model, unwrapped, joint, num_forget, reference) -> tuple[Tensor, Tensor]:
         capture = self._per_sample
-        if capture.model is not unwrapped:  # the model was replaced (e.g. re-wrapped): re-scan its LoRA layers
-            capture = self._per_sample = LoraGradientCapture(unwrapped)
+        if capture.model is not unwrapped:  # the model was replaced (e.g. re-wrapped): re-scan its layers
+            capture = self._per_sample = FusedGradientCapture(unwrapped)
         with capture:
-            phi, losses = self._joint_objective(self.surrogate_forward_model(model), joint, num_forget, ref_log_prob)
+            forward_model = self.surrogate_forward_model(model)
+            phi, losses, retain_terms = self._joint_objective(forward_model, joint, num_forget, reference)
             self.check_finite(phi.detach(), "per-example loss")
             try:
                 capture.backward(phi)
@@ -474,9 +681,9 @@ class OrthoGradTrainer(UnlearnTrainer):
                     "Reentrant activation checkpointing does not support the gradient-only backward of the capture: "
                     "pass activation_checkpointing_kwargs={'use_reentrant': False}."
                 ) from error
-        return losses
+        return losses, retain_terms
 
-    def _capture_vmap(self, unwrapped, joint, num_forget, ref_log_prob) -> Tensor:
+    def _capture_vmap(self, unwrapped, joint, num_forget, reference) -> tuple[Tensor, Tensor]:
         lengths = self._target_lengths(joint["labels"])
         if bool((lengths == 0).any()):
             raise ValueError(
@@ -492,22 +699,62 @@ class OrthoGradTrainer(UnlearnTrainer):
             )
         batch = joint["labels"].shape[0]
         is_forget = torch.arange(batch, device=joint["labels"].device) < num_forget
-        reference = torch.zeros(batch, device=is_forget.device)
-        if ref_log_prob is not None:
-            reference = torch.cat([ref_log_prob.detach(), ref_log_prob.new_zeros(batch - num_forget)])
-        joint["_is_forget"], joint["_reference_log_prob"] = is_forget, reference
+        ref_log_prob = torch.zeros(batch, device=is_forget.device)
+        if reference.forget_log_prob is not None:
+            ref_log_prob = torch.cat(
+                [reference.forget_log_prob.detach(), reference.forget_log_prob.new_zeros(batch - num_forget)]
+            )
+        joint["_is_forget"], joint["_reference_log_prob"] = is_forget, ref_log_prob
+        if reference.retain_log_probs is not None:
+            retain = reference.retain_log_probs
+            joint["_reference_token_log_probs"] = torch.cat([retain.new_zeros(num_forget, *retain.shape[1:]), retain])
         with _eager_attention(unwrapped):
             phi = self._per_sample.compute(joint)
         self.check_finite(phi, "per-example loss")
-        if ref_log_prob is None:
-            return phi
-        # φ(f_j) is −npo_j, not ℓ(f_j): the forget task loss for logging needs one more (gradient-free) forward.
+        retain_terms = phi[num_forget:]
+        if reference.forget_log_prob is None and reference.retain_log_probs is None:
+            return phi, retain_terms
+        # φ is −npo_j on forget rows and KL on retain rows with those options, not ℓ: the task losses for logging
+        # need one more (gradient-free) forward.
         with torch.no_grad():
-            forget = {
-                k: v[:num_forget] if isinstance(v, Tensor) else v for k, v in joint.items() if not k.startswith("_")
-            }
-            forget_losses = per_example_loss_from_log_prob(*model_sequence_log_prob(unwrapped, forget, config))
-        return torch.cat([forget_losses, phi[num_forget:]])
+            plain = {k: v for k, v in joint.items() if not k.startswith("_")}
+            task_losses = per_example_loss_from_log_prob(*model_sequence_log_prob(unwrapped, plain, config))
+        return task_losses, retain_terms
+
+
+@dataclass
+class _Reference:
+    """What π_ref contributes to a step: forget sequence log-probs (NPO) and retain token log-probs (KL)."""
+
+    forget_log_prob: Tensor | None = None
+    retain_log_probs: Tensor | None = None
+
+
+def _aligned_logits(model: nn.Module, inputs: dict[str, Tensor], config) -> tuple[Tensor, Tensor]:
+    """``(logits [B, T, V], labels [B, T])`` aligned so that logits[:, t] predicts labels[:, t]; the same model call
+    as `losses.model_sequence_log_prob` (labels out of the call, decoder inputs derived from the labels)."""
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+    if is_encoder_decoder and "decoder_input_ids" not in inputs:
+        inputs["decoder_input_ids"] = shift_labels_right(labels, config.pad_token_id, config.decoder_start_token_id)
+    logits = model(**inputs).logits
+    return align_logits_and_labels(logits, labels, is_encoder_decoder)
+
+
+def _log_softmax(logits: Tensor) -> Tensor:
+    """Log-probabilities in float32 for half-precision logits, in the logits' dtype otherwise (float64 tests)."""
+    return torch.log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, -1)
+
+
+def _per_example_kl(ref_log_probs: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
+    """``KL(π_ref ‖ π_θ)`` per example, averaged over its own target positions (labels ≠ −100) [B], so each example
+    weighs the same whatever its length (DESIGN §1)."""
+    log_probs = _log_softmax(logits)
+    ref_log_probs = ref_log_probs.to(log_probs.dtype)
+    token_kl = (ref_log_probs.exp() * (ref_log_probs - log_probs)).sum(-1)  # [B, T]
+    mask = (labels != IGNORE_INDEX).to(token_kl.dtype)
+    return (token_kl * mask).sum(-1) / mask.sum(-1)
 
 
 class GRUTrainer(OrthoGradTrainer):

@@ -22,7 +22,24 @@ from tests.methods.toy_lm import tiny_gpt2
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "distributed" / "train_steps.py"
-ALL_RUNS = ["ga", "graddiff", "npo", "simnpo", "orthograd", "gru", "lur", "lur_first", "graddiff_eval"]
+ALL_RUNS = [
+    "ga",
+    "graddiff",
+    "npo",
+    "simnpo",
+    "orthograd",
+    "gru",
+    "orthograd_per_tensor_kl",
+    "orthograd_preconditioned",
+    "lur",
+    "lur_first",
+    "graddiff_eval",
+]
+# The preconditioned step divides by √v̂ + ε, so coordinates whose gradient is near zero amplify DeepSpeed's float32
+# gradient reduction: measured max |Δ| 1.7e-5 after 3 steps under ZeRO-2 (parameters moved by up to 3.6); DDP 2.6e-11.
+DEEPSPEED_TOLERANCE = {"orthograd_preconditioned": (1e-4, 1e-4)}
+# Refused under ZeRO-3 with a clear error (the preconditioner keeps whole-parameter moments, which ZeRO-3 partitions).
+NOT_UNDER_ZERO3 = {"orthograd_preconditioned"}
 
 # config → (rtol, atol). DDP all-reduces float64 gradients: only the summation order differs (measured ≤ 5e-14).
 # DeepSpeed reduces gradients in float32 whatever the parameters' dtype (its default communication_data_type):
@@ -55,15 +72,21 @@ def two_processes(request, tmp_path_factory) -> tuple[str, Path]:
     out = tmp_path_factory.mktemp(config)
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
     launch += [str(REPO / "accelerate_configs" / f"{config}.yaml"), "--main_process_port", str(29517 + len(config))]
-    _run([*launch, str(SCRIPT), str(out), "--per_device_batch_size", "2", "--runs", *ALL_RUNS])
+    runs = [run for run in ALL_RUNS if ZERO_STAGE[config] != 3 or run not in NOT_UNDER_ZERO3]
+    _run([*launch, str(SCRIPT), str(out), "--per_device_batch_size", "2", "--runs", *runs])
     return config, out
 
 
 def test_two_processes_match_one_process_with_twice_the_batch(one_process, two_processes):
     config, out = two_processes
-    rtol, atol = CONFIGS[config]
     mismatches = []
     for run in ALL_RUNS:
+        if ZERO_STAGE[config] == 3 and run in NOT_UNDER_ZERO3:
+            continue
+        if ZERO_STAGE[config] is not None and run in DEEPSPEED_TOLERANCE:
+            rtol, atol = DEEPSPEED_TOLERANCE[run]
+        else:
+            rtol, atol = CONFIGS[config]
         info = json.loads((out / run / "run_info.json").read_text())
         assert info["world_size"] == 2, f"{config}/{run} ran with world size {info['world_size']}"
         assert info["zero_stage"] == ZERO_STAGE[config], f"{config}/{run} ran with ZeRO stage {info['zero_stage']}"

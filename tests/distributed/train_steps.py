@@ -28,6 +28,11 @@ RUNS = {
     "orthograd": ("orthograd", {"retain_weight": 0.5}),
     "orthograd_local": ("orthograd", {"retain_weight": 0.5, "projection_scope": "local"}),
     "gru": ("gru", {"retain_weight": 0.5}),
+    "orthograd_per_tensor_kl": (
+        "orthograd",
+        {"retain_weight": 0.5, "projection_granularity": "per_tensor", "retain_loss": "kl"},
+    ),
+    "orthograd_preconditioned": ("orthograd", {"retain_weight": 0.5, "projection_space": "preconditioned"}),
     "lur": ("lur", {"retain_weight": 1.0, "inner_lr": 0.5, "diagnostics_every": 2}),  # steps with and without
     "lur_first": ("lur", {"retain_weight": 1.0, "inner_lr": 0.5, "meta_order": "first"}),
     # Evaluation every step on sharded splits, a checkpoint per step, the best one restored at the end. "Best" is the

@@ -176,3 +176,33 @@ def test_orthograd_step_on_gpt2_lora(retain_weight):
     assert_close(forget_sq_norm, g_f @ g_f, what="‖g_f‖²")
     if retain_weight == 0.0:
         assert (G.T @ expected).abs().max() <= 1e-9 * G.norm(dim=0).max() * expected.norm()
+
+
+@pytest.mark.parametrize("rank_one", [False, True])
+def test_stacked_directions_and_diagnostics_equal_the_per_group_ones(rank_one):
+    """Per-tensor projection solves n groups in one batch: each equals its own single solve, and the stacked
+    diagnostics equal those of the concatenated direction computed from explicit vectors."""
+    from hf_unlearn.gradients.projection import stacked_orthograd_directions, stacked_projection_diagnostics
+
+    generator = torch.Generator().manual_seed(3)
+    groups = [retain_gradients(case, generator) for case in ("full_rank", "duplicated", "wide")]
+    k = 6
+    groups = [G[:, :k] if G.shape[1] >= k else torch.cat([G, G[:, : k - G.shape[1]]], 1) for G in groups]
+    forget = [torch.randn(G.shape[0], generator=generator, dtype=torch.float64) for G in groups]
+    grams = torch.stack([G.T @ G for G in groups])
+    cross = torch.stack([G.T @ g for G, g in zip(groups, forget, strict=True)])
+    stacked = stacked_orthograd_directions(grams, cross, 0.3, rank_one=rank_one)
+    pieces = []
+    for index, (G, g) in enumerate(zip(groups, forget, strict=True)):
+        single = orthograd_direction(G.T @ G, G.T @ g, 0.3, rank_one=rank_one)
+        assert_close(stacked.retain_coefficients[index], single.retain_coefficients, what=f"group {index}")
+        pieces.append(G @ single.retain_coefficients + single.forget_coefficient * g)
+    d, G_all = torch.cat(pieces), torch.cat(groups, 0)  # the concatenated direction and per-sample gradients
+    diagnostics = stacked_projection_diagnostics(grams, cross, torch.stack([g @ g for g in forget]), stacked)
+    cosines = (G_all.T @ d).abs() / (G_all.norm(dim=0) * d.norm())
+    assert diagnostics["max_retain_cosine"].item() == pytest.approx(cosines.max().item(), rel=1e-10)
+    mean = G_all.mean(1)
+    g_f = torch.cat(forget)
+    assert diagnostics["forget_retain_cosine"].item() == pytest.approx(
+        (g_f @ mean / (g_f.norm() * mean.norm())).item(), rel=1e-10
+    )
