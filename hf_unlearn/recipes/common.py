@@ -48,6 +48,13 @@ class RecipeArguments:
             "empty folder."
         },
     )
+    stop_at_target: str | None = field(
+        default=None,
+        metadata={
+            "help": "Stop once the forget metric (speech WER, text ROUGE-L recall) reaches this value, 'retrain' (the "
+            "exact-retrain model's) or a number, checked every eval_steps; the closest checkpoint is restored."
+        },
+    )
 
 
 def make_parser(script_args_cls: type, method: str) -> "HfArgumentParser":
@@ -72,8 +79,11 @@ def parse_recipe_args(
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=str(default_config))
     pre.add_argument("--method")
+    pre.add_argument("--stop_at_target")
     known, rest = pre.parse_known_args(argv)
     preset = yaml.safe_load(Path(known.config).read_text()) or {}
+    if known.stop_at_target is not None:
+        preset["stop_at_target"] = known.stop_at_target
     preset_method = preset.pop("method", "graddiff")
     method = known.method or preset_method
     if method != preset_method and "retain_weight" in preset:
@@ -85,7 +95,50 @@ def parse_recipe_args(
         )
     preset.setdefault("output_dir", f"outputs/{output_prefix}-{method}")
     parser = make_parser(script_args_cls, method)
-    return parser.parse_args_into_dataclasses(args=preset_to_argv(preset) + ["--method", method] + rest)
+    preset_argv = preset_to_argv(preset)
+    if preset.get("stop_at_target") is not None:
+        # After the preset, before the command line: an explicit conflicting flag is refused by the callback.
+        preset_argv += stop_at_target_argv(int(preset.get("eval_steps") or 5))
+    return parser.parse_args_into_dataclasses(args=preset_argv + ["--method", method] + rest)
+
+
+def stop_at_target_argv(eval_steps: int) -> list[str]:
+    """The `TrainingArguments` flags `StopAtForgetTarget` needs (evaluate every `eval_steps`, keep the closest)."""
+    from hf_unlearn.callbacks import StopAtForgetTarget
+
+    return preset_to_argv(StopAtForgetTarget.training_arguments(eval_steps))
+
+
+def stop_at_target_callback(stop_at_target: str | None, results: dict, metric: str) -> Any:
+    """`StopAtForgetTarget` on the forget split's `metric` for `--stop_at_target` (`None` without it); `'retrain'`
+    reads the target from the exact-retrain model's scores in `results`."""
+    from hf_unlearn.callbacks import StopAtForgetTarget
+
+    if stop_at_target is None:
+        return None
+    if stop_at_target == "retrain":
+        if "retrain" not in results:
+            raise ValueError(
+                "--stop_at_target retrain needs the exact-retrain model's scores: keep --train_retrain_reference true "
+                "(embedded benchmarks) or give the target as a number."
+            )
+        return StopAtForgetTarget(target=results["retrain"]["forget"][metric], metric=metric)
+    try:
+        target = float(stop_at_target)
+    except ValueError:
+        raise ValueError(f"--stop_at_target must be 'retrain' or a number, got {stop_at_target!r}.") from None
+    return StopAtForgetTarget(target=target, metric=metric)
+
+
+def final_evaluation(trainer: Any, key: str) -> dict[str, float]:
+    """Metrics of the model the run ends with: the logged evaluation of the restored best checkpoint
+    (`load_best_model_at_end`) or of the last step, else a fresh evaluation."""
+    state = trainer.state
+    step = state.global_step
+    if trainer.args.load_best_model_at_end and state.best_global_step:
+        step = state.best_global_step
+    final = next((e for e in reversed(state.log_history) if key in e and e.get("step") == step), None)
+    return final if final is not None else trainer.evaluate()
 
 
 def preset_to_argv(values: dict[str, Any]) -> list[str]:

@@ -152,7 +152,13 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     from hf_unlearn.eval.report import run_table
     from hf_unlearn.eval.text_evaluator import TextEvaluator, evaluate_text_splits, truth_ratios
 
-    from .common import check_before_training, prepare_in_one_process, write_run_outputs
+    from .common import (
+        check_before_training,
+        final_evaluation,
+        prepare_in_one_process,
+        stop_at_target_callback,
+        write_run_outputs,
+    )
 
     if script_args.prepare_only:
         load_data_and_models(script_args, config.seed)
@@ -214,11 +220,12 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     results = {"base": by_split(trainer.evaluate()), **results}
     datasets = [script_args.dataset_name] if script_args.dataset_name else None
     trainer.set_card_info(metrics=results, datasets=datasets)  # checkpoint cards show base/retrain already
+    stop = stop_at_target_callback(script_args.stop_at_target, results, "rougeL_recall")
+    if stop is not None:
+        trainer.add_callback(stop)
     trainer.train()
-    # An evaluation at the last step (eval_strategy="steps") already scored the final model: reuse it.
-    final = next((e for e in reversed(trainer.state.log_history) if "eval_forget_rougeL_recall" in e), None)
-    if final is None or final.get("step") != trainer.state.global_step:
-        final = trainer.evaluate()
+    # An evaluation of the final (or restored) model during training is reused.
+    final = final_evaluation(trainer, "eval_forget_rougeL_recall")
     results["unlearned"] = by_split(final)
     trainer.set_card_info(metrics=results)
     write_run_outputs(trainer, config, script_args, results, dry_run_dir, run_table(results))
