@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `tests.` importable when launched as a script
 
+from hf_unlearn.callbacks import StopAtForgetTarget  # noqa: E402
 from hf_unlearn.distributed import zero_stage  # noqa: E402
 from hf_unlearn.methods import METHODS  # noqa: E402
 from tests.methods.toy_lm import collate, tiny_gpt2, token_dataset  # noqa: E402
@@ -47,7 +48,14 @@ RUNS = {
             "per_device_eval_batch_size": 2,
         },
     ),
+    # Stops at a target forget loss: with 1 process × 4, the forget loss after steps 1–4 is 3.4598, 3.4661, 3.4713,
+    # 3.4813, so STOP_AT_FORGET_LOSS is reached at step 3 while step 2's checkpoint lies closer and is restored.
+    "graddiff_stop": (
+        "graddiff",
+        {"retain_weight": 1.0, "per_device_eval_batch_size": 2, **StopAtForgetTarget.training_arguments(eval_steps=1)},
+    ),
 }
+STOP_AT_FORGET_LOSS = 3.467
 
 
 class NextTokenAccuracy:
@@ -96,6 +104,7 @@ def train(run: str, output_dir: Path, batch_size: int, steps: int) -> dict:
         **overrides,
     )
     evaluates = overrides.get("eval_strategy") == "steps"
+    stop = StopAtForgetTarget(target=STOP_AT_FORGET_LOSS, metric="loss") if run == "graddiff_stop" else None
     trainer = trainer_cls(
         model=tiny_gpt2(seed=0).double(),
         eval_dataset={"forget": token_dataset(5, seed=1), "retain": token_dataset(7, seed=2)} if evaluates else None,
@@ -105,6 +114,7 @@ def train(run: str, output_dir: Path, batch_size: int, steps: int) -> dict:
         retain_dataset=token_dataset(16, seed=2),
         data_collator=collate,
         peft_config=LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "c_proj"], init_lora_weights=False),
+        callbacks=[stop] if stop is not None else None,
     )
     if trainer.accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -119,6 +129,9 @@ def train(run: str, output_dir: Path, batch_size: int, steps: int) -> dict:
         "evaluations": evaluations,
         "best_metric": trainer.state.best_metric,
         "best_step": trainer.state.best_global_step,
+        "global_step": trainer.state.global_step,
+        "stop_history": stop.history if stop is not None else None,
+        "stop_reached_step": stop.reached_step if stop is not None else None,
     }
 
 
