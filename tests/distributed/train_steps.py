@@ -29,8 +29,9 @@ RUNS = {
     "orthograd": ("orthograd", {"retain_weight": 0.5}),
     "orthograd_local": ("orthograd", {"retain_weight": 0.5, "projection_scope": "local"}),
     "gru": ("gru", {"retain_weight": 0.5}),
-    "lur": ("lur", {"retain_weight": 1.0, "inner_lr": 0.5, "diagnostics_every": 2}),  # steps with and without
-    "lur_first": ("lur", {"retain_weight": 1.0, "inner_lr": 0.5, "meta_order": "first"}),
+    "lur": ("lur", {"retain_weight": 1.0, "inner_lr": 0.5, "forget_loss": "ga", "diagnostics_every": 2}),
+    "lur_first": ("lur", {"retain_weight": 1.0, "inner_lr": 0.5, "forget_loss": "ga", "meta_order": "first"}),
+    "lur_npo": ("lur", {"retain_weight": 1.0, "inner_lr": 0.5}),  # the default forget loss (NPO)
     # Evaluation every step on sharded splits, a checkpoint per step, the best one restored at the end. "Best" is the
     # *lowest* score here only so that it is not the last step (GradDiff's score rises every step): the test then sees
     # load_best_model_at_end actually restore a checkpoint.
