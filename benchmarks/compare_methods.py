@@ -223,17 +223,19 @@ def run_method(benchmark: Benchmark, method: str, run_dir: Path, seed: int, extr
     start = time.perf_counter()
     results = recipe.run(argv)
     wall_s = time.perf_counter() - start
-    resolved = json.loads((run_dir / "unlearn_config.json").read_text())
-    state = json.loads((run_dir / "trainer_state.json").read_text())
+    # What the run resolved and where it stopped, from the files the recipes write (absent: not reported).
+    config_file, state_file = run_dir / "unlearn_config.json", run_dir / "trainer_state.json"
+    resolved = json.loads(config_file.read_text())["config"] if config_file.is_file() else {}
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
     return {
         "metrics": results,
-        "retain_weight": resolved["config"].get("retain_weight"),
-        "learning_rate": resolved["config"].get("learning_rate"),
-        "max_steps": resolved["config"].get("max_steps"),
+        "retain_weight": resolved.get("retain_weight"),
+        "learning_rate": resolved.get("learning_rate"),
+        "max_steps": resolved.get("max_steps"),
         "stopped_step": state.get("global_step"),
         "restored_step": state.get("best_global_step") or state.get("global_step"),
         "wall_s": round(wall_s, 1),
-        "log_history": state["log_history"],
+        "log_history": state.get("log_history", []),
     }
 
 
@@ -488,6 +490,8 @@ def main(argv: list[str] | None = None, runner: Callable[..., dict] = run_method
     runs_dir = args.runs_dir / args.benchmark
     if args.plot_only:
         summary = json.loads((args.output_dir / f"{stem}.json").read_text())
+        if any("seeds" not in entry for entry in summary["methods"].values()):
+            parser.error(f"{args.output_dir / stem}.json is a one-seed comparison of an earlier version: re-run it.")
         print(write_outputs(benchmark, summary, args.output_dir, runs_dir))
         return summary
 

@@ -169,6 +169,14 @@ def test_bad_arguments_are_refused_before_any_run(compare, tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
+def test_plot_only_refuses_a_json_of_the_one_seed_version(compare, tmp_path, capsys):
+    old = {"benchmark": "speech", "seed": 0, "methods": {"lur": {"unlearned": {}, "avg_gap": 0.1}}}
+    (tmp_path / "compare_methods_speech.json").write_text(json.dumps(old))
+    with pytest.raises(SystemExit):
+        compare.main(["--plot_only", "--output_dir", str(tmp_path)])
+    assert "one-seed comparison of an earlier version" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_quick_text_comparison_runs_the_recipe(compare, tmp_path):
     """`--quick` for real: the text recipe on the tiny corpus, grid selection, 2 seeds, matched-forget stopping."""
