@@ -424,7 +424,7 @@ def write_outputs(benchmark: Benchmark, summary: Mapping, output_dir: Path, runs
     """Markdown table, trade-off plot and (from the seed-0 runs' `trainer_state.json`) gradient-conflict plot."""
     from hf_unlearn.plots import plot_gradient_conflict
 
-    stem = f"compare_methods_{summary['benchmark']}"
+    stem = f"compare_methods_{summary['benchmark']}" + ("_quick" if summary.get("quick") else "")
     table = markdown_table(benchmark, summary)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / f"{stem}.md").write_text(table + "\n")
@@ -486,7 +486,8 @@ def main(argv: list[str] | None = None, runner: Callable[..., dict] = run_method
     if args.benchmark not in BENCHMARKS:
         parser.error(f"--benchmark {args.benchmark!r} does not exist; available: {', '.join(BENCHMARKS)}.")
     benchmark = BENCHMARKS[args.benchmark]
-    stem = f"compare_methods_{args.benchmark}"
+    # --quick results never overwrite a real run's.
+    stem = f"compare_methods_{args.benchmark}" + ("_quick" if args.quick else "")
     runs_dir = args.runs_dir / args.benchmark
     if args.plot_only:
         summary = json.loads((args.output_dir / f"{stem}.json").read_text())

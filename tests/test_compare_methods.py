@@ -195,4 +195,6 @@ def test_quick_text_comparison_runs_the_recipe(compare, tmp_path):
             assert resolved["config"]["retain_weight"] == entry["chosen"]["weight"]
             assert math.isfinite(run["avg_gap"])
     assert "npo" in summary["methods"]["graddiff"]["paired"]
-    assert_png(results_dir / "compare_methods_text_tradeoff.png")
+    assert_png(results_dir / "compare_methods_text_quick_tradeoff.png")
+    assert (results_dir / "compare_methods_text_quick.json").is_file()
+    assert not (results_dir / "compare_methods_text.json").exists()  # a quick run never replaces a real one
