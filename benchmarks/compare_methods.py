@@ -78,6 +78,8 @@ DEFAULT_WEIGHTS: dict[str, tuple[float | None, ...]] = {
 DEFAULT_LEARNING_RATES = (5e-4, 1e-3, 2e-3)
 VALIDATION_SEED = 1000
 BOOTSTRAP_SAMPLES = 10_000
+# Avg-Gap differences this small are float noise between identical models, not a win: the sign test counts them as ties.
+TIE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -156,9 +158,10 @@ def mean_sd(values: Sequence[float]) -> dict[str, float | None]:
 
 
 def sign_test(differences: Sequence[float]) -> float:
-    """Two-sided exact sign test of "median difference 0": ties dropped, p = P(|wins − n/2| at least as large)."""
-    wins = sum(d > 0 for d in differences)
-    losses = sum(d < 0 for d in differences)
+    """Two-sided exact sign test of "median difference 0": ties (|d| ≤ `TIE`) dropped, p = P(|wins − n/2| at least as
+    large)."""
+    wins = sum(d > TIE for d in differences)
+    losses = sum(d < -TIE for d in differences)
     n = wins + losses
     if n == 0:
         return 1.0
@@ -184,8 +187,8 @@ def paired_comparison(method_gaps: Sequence[float], baseline_gaps: Sequence[floa
         "differences": differences,
         "mean_difference": statistics.fmean(differences),
         "bootstrap_ci95": [low, high],
-        "wins": sum(d < 0 for d in differences),
-        "losses": sum(d > 0 for d in differences),
+        "wins": sum(d < -TIE for d in differences),
+        "losses": sum(d > TIE for d in differences),
         "sign_test_p": sign_test(differences),
     }
 
@@ -471,7 +474,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--plot_only",
         action="store_true",
-        help="Redraw the table and plots from an earlier run's JSON; train nothing.",
+        help="Recompute statistics, redraw table and plots from an earlier run's JSON; train nothing.",
     )
     return parser
 
@@ -493,6 +496,7 @@ def main(argv: list[str] | None = None, runner: Callable[..., dict] = run_method
         summary = json.loads((args.output_dir / f"{stem}.json").read_text())
         if any("seeds" not in entry for entry in summary["methods"].values()):
             parser.error(f"{args.output_dir / stem}.json is a one-seed comparison of an earlier version: re-run it.")
+        aggregate(benchmark, summary["methods"])  # statistics recomputed from the per-seed runs the JSON keeps
         print(write_outputs(benchmark, summary, args.output_dir, runs_dir))
         return summary
 

@@ -39,6 +39,7 @@ def test_sign_test_matches_the_binomial_tail(compare):
     assert compare.sign_test([-1.0] * 9 + [1.0]) == pytest.approx(22 / 1024)
     assert compare.sign_test([0.0, 0.0]) == 1.0  # ties carry no sign
     assert compare.sign_test([0.0, -1.0, -1.0]) == pytest.approx(0.5)
+    assert compare.sign_test([-1e-15, 2e-16]) == 1.0  # float noise between identical models is a tie
 
 
 def test_bootstrap_ci_and_mean_sd(compare):
