@@ -22,7 +22,7 @@ from tests.methods.toy_lm import tiny_gpt2
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "distributed" / "train_steps.py"
-ALL_RUNS = ["ga", "graddiff", "npo", "simnpo", "orthograd", "gru", "lur", "lur_first", "lur_npo", "graddiff_eval"]
+ALL_RUNS = ["ga", "graddiff", "npo", "simnpo", "orthograd", "gru", "lur", "lur_first", "graddiff_eval"]
 
 # config → (rtol, atol). DDP all-reduces float64 gradients: only the summation order differs (measured ≤ 5e-14).
 # DeepSpeed reduces gradients in float32 whatever the parameters' dtype (its default communication_data_type):
