@@ -29,9 +29,11 @@ own folder under `--runs_dir/<benchmark>/<method>/`.
   is kept — one rule for every method. A plain grid rather than `Trainer.hyperparameter_search`: the grid is ≤ 9
   points, every point must run through the recipe (references, stopping, evaluation) exactly as the reported runs
   do, and the full grid doubles as each method's forget–retain trade-off curve. On these embedded benchmarks the
-  forget set is the unlearning target itself, so "validation" means an independent seed (adapter init, data order),
+  forget set is the unlearning target itself, so "validation" means an independent seed (see below),
   not held-out data.
-- *Seeds*: the chosen point runs with seeds `0 … N−1` (`--seeds N`); a seed sets the adapter init and data order
+- *Seeds*: the chosen point runs with seeds `0 … N−1` (`--seeds N`); a seed sets the adapter init, the data order and,
+  in the embedded recipes, the training of the base and exact-retrain models (each seed trains and caches its own; a
+  run's Avg-Gap is against its own seed's retrain model)
   (the benchmarks' forget sets are fixed). Every metric is reported as mean ± sd over seeds, and each method is
   compared with GradDiff and NPO seed by seed (paired): the mean Avg-Gap difference, a 95 % bootstrap CI of it and
   the two-sided sign-test p-value. With 3 seeds the sign test cannot go below p = 0.25: read it as a count of wins.
@@ -351,7 +353,10 @@ def markdown_table(benchmark: Benchmark, summary: Mapping) -> str:
             f"{fmt_stat(stats.get('avg_gap'))} | {fmt_stat(stats.get('restored_step'), 0)} | "
             f"{fmt_stat(stats.get('wall_s'), 0)} |"
         )
-    for name, label in (("base", "*base (before)*"), ("retrain", "*exact retrain*")):
+    # The embedded recipes train their reference models with the run's seed: each seed has its own base and retrain
+    # (every run's Avg-Gap is measured against its own seed's); these rows are the first run's.
+    first = f", seed {summary['seeds'][0]}" if summary.get("seeds") else ""
+    for name, label in (("base", f"*base (before{first})*"), ("retrain", f"*exact retrain{first}*")):
         if summary.get(name):
             cells = " | ".join(fmt(summary[name].get(split, {}).get(metric)) for split, metric, _ in columns)
             gap = fmt(summary.get("base_avg_gap")) if name == "base" else "0.000"
@@ -460,7 +465,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], usage="%(prog)s [options] [-- recipe args]")
     parser.add_argument("--benchmark", default="speech", help=f"Benchmark to run: {', '.join(BENCHMARKS)}.")
     parser.add_argument("--methods", nargs="+", default=list(METHOD_ORDER), help="Methods to compare.")
-    parser.add_argument("--seeds", type=int, default=3, help="Reported seeds 0..N-1 (adapter init and data order).")
+    parser.add_argument("--seeds", type=int, default=3, help="Reported seeds 0..N-1 (init, order, references).")
     parser.add_argument(
         "--validation_seed", type=int, default=VALIDATION_SEED, help="Seed of the grid-selection runs."
     )

@@ -133,7 +133,7 @@ def test_selection_on_the_validation_seed_then_seeds_and_paired_comparison(compa
     assert lines[2].startswith("| lur | 3.00 | 0.001 | 0.800 ± 0.000 |")  # best mean Avg-Gap first
     assert "| lur | graddiff | -0.017 |" in table and "| 3 / 0 | 0.250 |" in table
     assert_png(tmp_path / "compare_methods_speech_tradeoff.png")
-    assert "| *exact retrain* |" in capsys.readouterr().out
+    assert "| *exact retrain, seed 0* |" in capsys.readouterr().out
 
     (tmp_path / "compare_methods_speech.md").unlink()
     assert compare.main(["--plot_only", "--output_dir", str(tmp_path), "--runs_dir", str(tmp_path / "no")]) == written
