@@ -33,8 +33,7 @@ own folder under `--runs_dir/<benchmark>/<method>/`.
   not held-out data.
 - *Seeds*: the chosen point runs with seeds `0 … N−1` (`--seeds N`); a seed sets the adapter init, the data order and,
   in the embedded recipes, the training of the base and exact-retrain models (each seed trains and caches its own; a
-  run's Avg-Gap is against its own seed's retrain model)
-  (the benchmarks' forget sets are fixed). Every metric is reported as mean ± sd over seeds, and each method is
+  run's Avg-Gap is against its own seed's retrain model; the forget sets are fixed). Every metric is reported as mean ± sd over seeds, and each method is
   compared with GradDiff and NPO seed by seed (paired): the mean Avg-Gap difference, a 95 % bootstrap CI of it and
   the two-sided sign-test p-value. With 3 seeds the sign test cannot go below p = 0.25: read it as a count of wins.
 
