@@ -1,5 +1,6 @@
 """hf-unlearn: make a transformers model forget chosen data while keeping the rest."""
 
+from .callbacks import StopAtForgetTarget
 from .configs import UnlearnConfig
 from .methods import (
     METHODS,
@@ -49,4 +50,5 @@ __all__ = [
     "SCRUBTrainer",
     "SimNPOConfig",
     "SimNPOTrainer",
+    "StopAtForgetTarget",
 ]

@@ -1,7 +1,9 @@
-"""`benchmarks/compare_methods.py`: Avg-Gap, the table, the benchmark switch, and a two-method run on the tiny corpus."""
+"""`benchmarks/compare_methods.py`: Avg-Gap, the statistics, grid selection on the validation seed, the outputs, and
+`--quick` on the tiny text corpus."""
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -30,95 +32,170 @@ def test_avg_gap_is_the_mean_absolute_gap_to_retrain(compare):
     assert compare.avg_gap(METRICS, (("forget", "wer"), ("forget", "loss")), "unlearned") == pytest.approx(1.05 / 2)
 
 
-def test_table_sorts_by_gap_and_ends_with_references(compare):
-    benchmark = compare.Benchmark(
-        recipe="unused",
-        metric="wer",
-        gap_columns=(("forget", "wer"),),
-        table_columns=(("forget", "wer", "forget WER"), ("retain", "wer", "retain WER")),
-    )
-    worse = json.loads(json.dumps(METRICS))
-    worse["unlearned"]["forget"]["wer"] = 0.2
-    runs = {
-        "ga": {"metrics": worse, "retain_weight": 0.0, "max_steps": 60, "wall_s": 10.0, "log_history": []},
-        "lur": {"metrics": METRICS, "retain_weight": 1.0, "max_steps": 60, "wall_s": 20.0, "log_history": []},
-    }
-    lines = compare.markdown_table(benchmark, compare.summarise(benchmark, runs)).splitlines()
-    assert lines[0] == "| method | weight | forget WER | retain WER | Avg-Gap ↓ | time (s) |"
-    assert lines[2] == "| lur | 1.000 | 0.900 | 0.100 | 0.050 | 20 |"
-    assert lines[3] == "| ga | 0.000 | 0.200 | 0.100 | 0.650 | 10 |"
-    assert lines[4].startswith("| *base (before)* | – | 0.000 | 0.000 | 0.850 |")
-    assert lines[5].startswith("| *exact retrain* |")
+def test_sign_test_matches_the_binomial_tail(compare):
+    # 3 wins of 3: two-sided p = 2 · (1/2)^3; 2 of 3: 2 · (1 + 3)/8 = 1; 9 of 10: 2 · (1 + 10)/1024.
+    assert compare.sign_test([-1.0, -2.0, -0.5]) == pytest.approx(0.25)
+    assert compare.sign_test([-1.0, 2.0, -0.5]) == pytest.approx(1.0)
+    assert compare.sign_test([-1.0] * 9 + [1.0]) == pytest.approx(22 / 1024)
+    assert compare.sign_test([0.0, 0.0]) == 1.0  # ties carry no sign
+    assert compare.sign_test([0.0, -1.0, -1.0]) == pytest.approx(0.5)
+    assert compare.sign_test([-1e-15, 2e-16]) == 1.0  # float noise between identical models is a tie
 
 
-def test_unknown_benchmark_is_refused(compare, capsys):
-    with pytest.raises(SystemExit):
-        compare.main(["--benchmark", "images"])
-    assert "available: speech, text" in capsys.readouterr().err
+def test_bootstrap_ci_and_mean_sd(compare):
+    low, high = compare.bootstrap_ci([-0.1, -0.2, -0.3])
+    assert -0.3 <= low < -0.2 < high <= -0.1  # the mean −0.2 inside, within the range of the resampled means
+    assert compare.bootstrap_ci([0.5, 0.5]) == (0.5, 0.5)
+    stat = compare.mean_sd([1.0, 2.0, 3.0])
+    assert stat["mean"] == 2.0 and stat["sd"] == pytest.approx(1.0)  # sample sd (n − 1)
+    assert compare.mean_sd([4.0])["sd"] is None
+    paired = compare.paired_comparison([0.1, 0.2, 0.3], [0.2, 0.2, 0.5])
+    assert paired["differences"] == pytest.approx([-0.1, 0.0, -0.2])
+    assert (paired["wins"], paired["losses"]) == (2, 0) and paired["sign_test_p"] == pytest.approx(0.5)
 
 
-def text_metrics(forget_rouge: float, retain_rouge: float, utility: float, auc: float) -> dict:
-    forget = {"rougeL_recall": forget_rouge, "prob": 0.5, "truth_ratio": 0.6, "forget_quality": 0.2}
-    forget.update(model_utility=utility, mia_loss_auc=auc)
-    return {"forget": forget, "retain": {"rougeL_recall": retain_rouge}, "world_facts": {"rougeL_recall": 1.0}}
+def test_grid_is_weight_times_rate_and_at_most_nine_points(compare):
+    points = compare.grid("lur", {"lur": (1.0, 3.0)}, [1e-3, 2e-3])
+    assert [(p["weight"], p["learning_rate"]) for p in points] == [(1.0, 1e-3), (1.0, 2e-3), (3.0, 1e-3), (3.0, 2e-3)]
+    assert compare.point_args(points[0]) == ["--learning_rate", "0.001", "--retain_weight", "1.0"]
+    assert compare.point_args({"weight": None, "learning_rate": 1e-3}) == ["--learning_rate", "0.001"]  # GA
+    with pytest.raises(ValueError, match="at most 9"):
+        compare.grid("lur", {"lur": (1.0, 2.0, 3.0, 4.0)}, [1e-3, 2e-3, 3e-3])
+    assert compare.parse_weights(["lur=1,3"], ["lur", "ga"]) == {"lur": (1.0, 3.0), "ga": (None,)}
+    with pytest.raises(ValueError, match="method=w1,w2"):
+        compare.parse_weights(["nope=1"], ["lur"])
 
 
-def test_text_plot_only_redraws_table_and_plots_from_the_json(compare, tmp_path, capsys):
-    """The text benchmark's plumbing on a hand-written JSON: Avg-Gap over its four columns, table, plots."""
-    benchmark = compare.BENCHMARKS["text"]
-    shared = {"base": text_metrics(1.0, 1.0, 0.57, 1.0), "retrain": text_metrics(0.4, 1.0, 0.65, 0.5)}
-    runs = {
-        "npo": {"metrics": {**shared, "unlearned": text_metrics(0.2, 0.9, 0.55, 0.5)}, "retain_weight": 1.0},
-        "ga": {"metrics": {**shared, "unlearned": text_metrics(0.0, 0.0, 0.0, 0.2)}, "retain_weight": 0.0},
-    }
-    for run in runs.values():
-        run.update(max_steps=50, wall_s=40.0, log_history=[])
-    summary = {"benchmark": "text", "seed": 0, **compare.summarise(benchmark, runs)}
-    # npo: (|0.2 − 0.4| + |0.9 − 1| + |0.55 − 0.65| + 0) / 4; base: (0.6 + 0 + 0.08 + 0.5) / 4
-    assert summary["methods"]["npo"]["avg_gap"] == pytest.approx(0.1)
-    assert summary["base_avg_gap"] == pytest.approx(0.295)
-    (tmp_path / "compare_methods_text.json").write_text(json.dumps(summary))
-
-    argv = ["--benchmark", "text", "--plot_only", "--output_dir", str(tmp_path), "--runs_dir", str(tmp_path / "no")]
-    assert compare.main(argv) == summary
-    lines = (tmp_path / "compare_methods_text.md").read_text().splitlines()
-    assert lines[0].startswith("| method | weight | forget ROUGE-L | forget prob |")
-    assert lines[2].startswith("| npo | 1.000 | 0.200 |") and lines[2].endswith("| 0.100 | 40 |")
-    assert lines[3].startswith("| ga |")
-    assert lines[-1].startswith("| *exact retrain* | – | 0.400 |")
-    assert_png(tmp_path / "compare_methods_text_tradeoff.png")
-    assert not (tmp_path / "compare_methods_text_conflict.png").exists()  # no run logged a conflict diagnostic
-    assert "| npo |" in capsys.readouterr().out
+def fake_speech_metrics(forget: float, retain: float) -> dict:
+    per_split = {"forget": forget, "forget_test": 0.9, "retain": retain, "test": 0.95}
+    base = {split: {"wer": 0.0} for split in per_split}
+    retrain = {"forget": {"wer": 0.8}, "forget_test": {"wer": 0.9}, "retain": {"wer": 0.0}, "test": {"wer": 0.95}}
+    return {"base": base, "retrain": retrain, "unlearned": {s: {"wer": v} for s, v in per_split.items()}}
 
 
-def test_unknown_method_is_refused_before_any_run(compare, capsys, tmp_path):
-    with pytest.raises(SystemExit):
-        compare.main(["--methods", "graddiff", "nope", "--runs_dir", str(tmp_path)])
-    assert "nope" in capsys.readouterr().err
+def fake_runner(calls):
+    """Stands in for the recipe: retain damage grows with the learning rate and falls with the weight; GradDiff is
+    worse than LUR by 0.05 retain WER on every seed, with a seed-dependent offset."""
+
+    def run(benchmark, method, run_dir, seed, extra):
+        calls.append((method, run_dir.name, seed, list(extra)))
+        lr = float(extra[extra.index("--learning_rate") + 1])
+        weight = float(extra[extra.index("--retain_weight") + 1])
+        retain = 100 * lr / weight + 0.01 * (seed % 7) + (0.05 if method == "graddiff" else 0.0)
+        return {
+            "metrics": fake_speech_metrics(0.8, retain),
+            "retain_weight": weight,
+            "learning_rate": lr,
+            "stopped_step": 20,
+            "restored_step": 15 + seed,
+            "wall_s": 1.0,
+        }
+
+    return run
+
+
+def test_selection_on_the_validation_seed_then_seeds_and_paired_comparison(compare, tmp_path, capsys):
+    calls = []
+    argv = ["--methods", "graddiff", "lur", "--seeds", "3", "--weights", "graddiff=1,3", "lur=1,3"]
+    argv += ["--learning_rates", "1e-3", "2e-3", "--runs_dir", str(tmp_path / "runs"), "--output_dir", str(tmp_path)]
+    summary = compare.main([*argv, "--", "--max_steps", "7"], runner=fake_runner(calls))
+
+    # 4 grid points on the validation seed, then the chosen one on seeds 0, 1, 2 — per method.
+    graddiff_calls = [call for call in calls if call[0] == "graddiff"]
+    assert [(name, seed) for _, name, seed, _ in graddiff_calls] == [
+        ("w1-lr0.001", 1000), ("w1-lr0.002", 1000), ("w3-lr0.001", 1000), ("w3-lr0.002", 1000),
+        ("seed0", 0), ("seed1", 1), ("seed2", 2),
+    ]  # fmt: skip
+    extra = graddiff_calls[0][3]
+    assert extra[:4] == ["--learning_rate", "0.001", "--retain_weight", "1.0"]
+    assert ["--stop_at_target", "retrain", "--eval_steps", "5"] == extra[4:8]  # matched forget
+    assert extra[-2:] == ["--max_steps", "7"]  # recipe args after `--` come last, so they win
+    # Smallest retain damage = smallest Avg-Gap: the largest weight with the smallest rate, for both methods.
+    for method in ("graddiff", "lur"):
+        assert summary["methods"][method]["chosen"] == {"weight": 3.0, "learning_rate": 1e-3}
+        assert len(summary["methods"][method]["grid"]) == 4
+    lur = summary["methods"]["lur"]
+    retains = [100 * 1e-3 / 3 + 0.01 * seed for seed in range(3)]
+    assert lur["stats"]["retain/wer"]["mean"] == pytest.approx(sum(retains) / 3)
+    assert lur["stats"]["retain/wer"]["sd"] == pytest.approx(0.01)
+    assert lur["stats"]["restored_step"]["mean"] == pytest.approx(16.0)
+    # LUR beats GradDiff by exactly 0.05 retain WER on every seed: Avg-Gap differs by 0.05 / 3.
+    paired = lur["paired"]["graddiff"]
+    assert paired["mean_difference"] == pytest.approx(-0.05 / 3)
+    assert (paired["wins"], paired["losses"]) == (3, 0) and paired["sign_test_p"] == pytest.approx(0.25)
+    assert "npo" not in lur["paired"] and summary["methods"]["graddiff"]["paired"] == {}
+
+    written = json.loads((tmp_path / "compare_methods_speech.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    table = (tmp_path / "compare_methods_speech.md").read_text()
+    lines = table.splitlines()
+    assert lines[0].startswith("| method | weight | lr | forget WER |")
+    assert lines[2].startswith("| lur | 3.00 | 0.001 | 0.800 ± 0.000 |")  # best mean Avg-Gap first
+    assert "| lur | graddiff | -0.017 |" in table and "| 3 / 0 | 0.250 |" in table
+    assert_png(tmp_path / "compare_methods_speech_tradeoff.png")
+    assert "| *exact retrain, seed 0* |" in capsys.readouterr().out
+
+    (tmp_path / "compare_methods_speech.md").unlink()
+    assert compare.main(["--plot_only", "--output_dir", str(tmp_path), "--runs_dir", str(tmp_path / "no")]) == written
+    assert (tmp_path / "compare_methods_speech.md").read_text() == table
+
+
+def test_one_point_grid_skips_selection_and_quick_shrinks_the_grid(compare, tmp_path):
+    calls = []
+    argv = ["--methods", "lur", "--seeds", "2", "--weights", "lur=3", "--learning_rates", "1e-3"]
+    compare.main([*argv, "--runs_dir", str(tmp_path), "--output_dir", str(tmp_path)], runner=fake_runner(calls))
+    assert [(name, seed) for _, name, seed, _ in calls] == [("seed0", 0), ("seed1", 1)]
+
+    calls.clear()
+    compare.main(["--methods", "lur", "--quick", "--runs_dir", str(tmp_path), "--output_dir", str(tmp_path)],
+                 runner=fake_runner(calls))  # fmt: skip
+    # Two weights × the first rate on the validation seed, then 2 seeds, on the tiny corpus.
+    assert [(name, seed) for _, name, seed, _ in calls] == [
+        ("w1-lr0.0005", 1000), ("w3-lr0.0005", 1000), ("seed0", 0), ("seed1", 1)
+    ]  # fmt: skip
+    assert calls[0][3][-6:] == ["--corpus_preset", "tiny", "--max_steps", "2", "--eval_steps", "1"]
+
+
+def test_bad_arguments_are_refused_before_any_run(compare, tmp_path, capsys):
+    for argv, message in [
+        (["--benchmark", "images"], "available: speech, text"),
+        (["--methods", "graddiff", "nope"], "nope"),
+        (["--validation_seed", "1"], "is a reported seed"),
+        (["--weights", "graddiff=1,2,3,4", "--learning_rates", "1", "2", "3"], "at most 9"),
+        (["--seeds", "0"], "--seeds must be >= 1"),
+    ]:
+        with pytest.raises(SystemExit):
+            compare.main([*argv, "--runs_dir", str(tmp_path)], runner=lambda *a: pytest.fail("ran"))
+        assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 
-def test_two_methods_on_the_tiny_corpus(compare, tmp_path):
-    results_dir = tmp_path / "results"
-    argv = ["--methods", "graddiff", "lur", "--runs_dir", str(tmp_path / "runs"), "--output_dir", str(results_dir)]
-    summary = compare.main([*argv, "--", "--corpus_preset", "tiny", "--max_steps", "2", "--logging_steps", "1"])
-    written = json.loads((results_dir / "compare_methods_speech.json").read_text())
-    assert written == json.loads(json.dumps(summary))
-    assert set(written["methods"]) == {"graddiff", "lur"}
-    for method, run in written["methods"].items():
-        metrics = json.loads((tmp_path / "runs" / "speech" / method / "metrics.json").read_text())
-        assert run["unlearned"] == metrics["unlearned"]  # the recipe's own numbers, not recomputed
-        assert run["avg_gap"] == pytest.approx(
-            compare.avg_gap(metrics, (("forget", "wer"), ("retain", "wer"), ("test", "wer")), "unlearned")
-        )
-    table = (results_dir / "compare_methods_speech.md").read_text()
-    assert "| graddiff |" in table and "| lur |" in table and "| *exact retrain* |" in table
-    assert_png(results_dir / "compare_methods_speech_tradeoff.png")
-    assert_png(results_dir / "compare_methods_speech_conflict.png")  # LUR logs lur/grad_cosine
+def test_plot_only_refuses_a_json_of_the_one_seed_version(compare, tmp_path, capsys):
+    old = {"benchmark": "speech", "seed": 0, "methods": {"lur": {"unlearned": {}, "avg_gap": 0.1}}}
+    (tmp_path / "compare_methods_speech.json").write_text(json.dumps(old))
+    with pytest.raises(SystemExit):
+        compare.main(["--plot_only", "--output_dir", str(tmp_path)])
+    assert "one-seed comparison of an earlier version" in capsys.readouterr().err
 
-    (results_dir / "compare_methods_speech.md").unlink()
-    assert (
-        compare.main(["--plot_only", "--runs_dir", str(tmp_path / "runs"), "--output_dir", str(results_dir)])
-        == written
-    )
-    assert (results_dir / "compare_methods_speech.md").read_text() == table
+
+@pytest.mark.slow
+def test_quick_text_comparison_runs_the_recipe(compare, tmp_path):
+    """`--quick` for real: the text recipe on the tiny corpus, grid selection, 2 seeds, matched-forget stopping."""
+    results_dir = tmp_path / "results"
+    argv = ["--benchmark", "text", "--quick", "--methods", "graddiff", "npo"]
+    summary = compare.main([*argv, "--runs_dir", str(tmp_path / "runs"), "--output_dir", str(results_dir)])
+    assert set(summary["methods"]) == {"graddiff", "npo"} and summary["seeds"] == [0, 1]
+    for method, entry in summary["methods"].items():
+        assert len(entry["grid"]) == 2 and len(entry["seeds"]) == 2
+        for run in entry["seeds"]:
+            run_dir = tmp_path / "runs" / "text" / method / f"seed{run['seed']}"
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            assert run["unlearned"] == metrics["unlearned"]  # the recipe's own numbers, not recomputed
+            resolved = json.loads((run_dir / "unlearn_config.json").read_text())
+            assert resolved["script"]["stop_at_target"] == "retrain" and resolved["config"]["load_best_model_at_end"]
+            assert resolved["config"]["retain_weight"] == entry["chosen"]["weight"]
+            assert math.isfinite(run["avg_gap"])
+    assert "npo" in summary["methods"]["graddiff"]["paired"]
+    assert_png(results_dir / "compare_methods_text_quick_tradeoff.png")
+    assert (results_dir / "compare_methods_text_quick.json").is_file()
+    assert not (results_dir / "compare_methods_text.json").exists()  # a quick run never replaces a real one

@@ -49,6 +49,13 @@ class RecipeArguments:
             "empty folder."
         },
     )
+    stop_at_target: str | None = field(
+        default=None,
+        metadata={
+            "help": "Stop once the forget metric (speech WER, text ROUGE-L recall) reaches this value, 'retrain' (the "
+            "exact-retrain model's) or a number, checked every eval_steps; the closest checkpoint is restored."
+        },
+    )
 
 
 def make_parser(script_args_cls: type, method: str) -> "HfArgumentParser":
@@ -77,8 +84,11 @@ def parse_recipe_args(
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=str(default_config))
     pre.add_argument("--method")
+    pre.add_argument("--stop_at_target")
     known, rest = pre.parse_known_args(argv)
     preset = yaml.safe_load(Path(known.config).read_text()) or {}
+    if known.stop_at_target is not None:
+        preset["stop_at_target"] = known.stop_at_target
     preset_method = preset.pop("method", "graddiff")
     method = known.method or preset_method
     if method != preset_method and "retain_weight" in preset:
@@ -97,9 +107,11 @@ def parse_recipe_args(
     fresh_output_dir = "output_dir" not in given
     if fresh_output_dir:
         extra += ["--output_dir", default_output_dir(output_prefix, method, rest)]
-    script_args, config = parser.parse_args_into_dataclasses(
-        args=preset_to_argv(preset) + ["--method", method] + extra + rest
-    )
+    preset_argv = preset_to_argv(preset)
+    if preset.get("stop_at_target") is not None:
+        # After the preset, before the command line: an explicit conflicting flag is refused by the callback.
+        preset_argv += stop_at_target_argv(int(preset.get("eval_steps") or 5))
+    script_args, config = parser.parse_args_into_dataclasses(args=preset_argv + ["--method", method] + extra + rest)
     if fresh_output_dir:
         agree_on_output_dir(config)
     return script_args, config
@@ -167,6 +179,45 @@ def check_known_keys(parser: "HfArgumentParser", preset: dict[str, Any], cli: li
             close = difflib.get_close_matches(name, sorted(valid), n=1, cutoff=0.6)
             lines.append(f"Unknown {where}" + (f"; did you mean {close[0]!r}?" if close else "; see --help."))
         raise SystemExit("\n".join(lines))
+
+
+def stop_at_target_argv(eval_steps: int) -> list[str]:
+    """The `TrainingArguments` flags `StopAtForgetTarget` needs (evaluate every `eval_steps`, keep the closest)."""
+    from hf_unlearn.callbacks import StopAtForgetTarget
+
+    return preset_to_argv(StopAtForgetTarget.training_arguments(eval_steps))
+
+
+def stop_at_target_callback(stop_at_target: str | None, results: dict, metric: str) -> Any:
+    """`StopAtForgetTarget` on the forget split's `metric` for `--stop_at_target` (`None` without it); `'retrain'`
+    reads the target from the exact-retrain model's scores in `results`."""
+    from hf_unlearn.callbacks import StopAtForgetTarget
+
+    if stop_at_target is None:
+        return None
+    if stop_at_target == "retrain":
+        if "retrain" not in results:
+            raise ValueError(
+                "--stop_at_target retrain needs the exact-retrain model's scores: keep --train_retrain_reference true "
+                "(embedded benchmarks) or give the target as a number."
+            )
+        return StopAtForgetTarget(target=results["retrain"]["forget"][metric], metric=metric)
+    try:
+        target = float(stop_at_target)
+    except ValueError:
+        raise ValueError(f"--stop_at_target must be 'retrain' or a number, got {stop_at_target!r}.") from None
+    return StopAtForgetTarget(target=target, metric=metric)
+
+
+def final_evaluation(trainer: Any, key: str) -> dict[str, float]:
+    """Metrics of the model the run ends with: the logged evaluation of the restored best checkpoint
+    (`load_best_model_at_end`) or of the last step, else a fresh evaluation."""
+    state = trainer.state
+    step = state.global_step
+    if trainer.args.load_best_model_at_end and state.best_global_step:
+        step = state.best_global_step
+    final = next((e for e in reversed(state.log_history) if key in e and e.get("step") == step), None)
+    return final if final is not None else trainer.evaluate()
 
 
 def preset_to_argv(values: dict[str, Any]) -> list[str]:

@@ -135,7 +135,14 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     from hf_unlearn.eval.asr import evaluate_asr
     from hf_unlearn.eval.report import metrics_table
 
-    from .common import check_before_training, mean_example_loss, prepare_in_one_process, write_run_outputs
+    from .common import (
+        check_before_training,
+        final_evaluation,
+        mean_example_loss,
+        prepare_in_one_process,
+        stop_at_target_callback,
+        write_run_outputs,
+    )
 
     if script_args.prepare_only:
         load_data_and_models(script_args, config.seed)
@@ -190,11 +197,14 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
         }
     datasets = [script_args.dataset_name] if script_args.dataset_name else None
     trainer.set_card_info(metrics=results, datasets=datasets)  # checkpoint cards show base/retrain already
+    # Without generate (eval_generate=False) the forget loss is the only metric a target can be set on.
+    forget_metric = "wer" if config.eval_generate else "loss"
+    stop = stop_at_target_callback(script_args.stop_at_target, results, forget_metric)
+    if stop is not None:
+        trainer.add_callback(stop)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-    # An evaluation at the last step (eval_strategy="steps") already scored the final model: reuse it.
-    final = next((e for e in reversed(trainer.state.log_history) if "eval_forget_loss" in e), None)
-    if final is None or final.get("step") != trainer.state.global_step:
-        final = trainer.evaluate()
+    # An evaluation of the final (or restored) model during training is reused.
+    final = final_evaluation(trainer, "eval_forget_loss")
     results["unlearned"] = asr_metrics(final)
     trainer.set_card_info(metrics=results)
 

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `tests.` importable when launched as a script
 
+from hf_unlearn.callbacks import StopAtForgetTarget  # noqa: E402
 from hf_unlearn.distributed import zero_stage  # noqa: E402
 from hf_unlearn.methods import METHODS  # noqa: E402
 from tests.methods.toy_lm import collate, tiny_gpt2, token_dataset  # noqa: E402
@@ -33,8 +34,11 @@ RUNS = {
         {"retain_weight": 0.5, "projection_granularity": "per_tensor", "retain_loss": "kl"},
     ),
     "orthograd_preconditioned": ("orthograd", {"retain_weight": 0.5, "projection_space": "preconditioned"}),
-    "lur": ("lur", {"retain_weight": 1.0, "inner_lr": 0.5, "diagnostics_every": 2}),  # steps with and without
-    "lur_first": ("lur", {"retain_weight": 1.0, "inner_lr": 0.5, "meta_order": "first"}),
+    "lur": ("lur", {"retain_weight": 1.0, "inner_lr": 0.5, "forget_loss": "ga", "diagnostics_every": 2}),
+    "lur_first": ("lur", {"retain_weight": 1.0, "inner_lr": 0.5, "forget_loss": "ga", "meta_order": "first"}),
+    # LUR's default forget loss (NPO). Not in test_equivalence's runs yet: measured against 1 process, DDP differs by
+    # 8.7e-13 but ZeRO-3 by 1.2e-5 (max |Δ|, one tensor of 12 outside the ZeRO tolerance; the GA runs stay ≤ 8e-7).
+    "lur_npo": ("lur", {"retain_weight": 1.0, "inner_lr": 0.5}),
     # Evaluation every step on sharded splits, a checkpoint per step, the best one restored at the end. "Best" is the
     # *lowest* score here only so that it is not the last step (GradDiff's score rises every step): the test then sees
     # load_best_model_at_end actually restore a checkpoint.
@@ -52,7 +56,14 @@ RUNS = {
             "per_device_eval_batch_size": 2,
         },
     ),
+    # Stops at a target forget loss: with 1 process × 4, the forget loss after steps 1–4 is 3.4598, 3.4661, 3.4713,
+    # 3.4813, so STOP_AT_FORGET_LOSS is reached at step 3 while step 2's checkpoint lies closer and is restored.
+    "graddiff_stop": (
+        "graddiff",
+        {"retain_weight": 1.0, "per_device_eval_batch_size": 2, **StopAtForgetTarget.training_arguments(eval_steps=1)},
+    ),
 }
+STOP_AT_FORGET_LOSS = 3.467
 
 
 class NextTokenAccuracy:
@@ -101,6 +112,7 @@ def train(run: str, output_dir: Path, batch_size: int, steps: int) -> dict:
         **overrides,
     )
     evaluates = overrides.get("eval_strategy") == "steps"
+    stop = StopAtForgetTarget(target=STOP_AT_FORGET_LOSS, metric="loss") if run == "graddiff_stop" else None
     trainer = trainer_cls(
         model=tiny_gpt2(seed=0).double(),
         eval_dataset={"forget": token_dataset(5, seed=1), "retain": token_dataset(7, seed=2)} if evaluates else None,
@@ -110,6 +122,7 @@ def train(run: str, output_dir: Path, batch_size: int, steps: int) -> dict:
         retain_dataset=token_dataset(16, seed=2),
         data_collator=collate,
         peft_config=LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "c_proj"], init_lora_weights=False),
+        callbacks=[stop] if stop is not None else None,
     )
     if trainer.accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -124,6 +137,9 @@ def train(run: str, output_dir: Path, batch_size: int, steps: int) -> dict:
         "evaluations": evaluations,
         "best_metric": trainer.state.best_metric,
         "best_step": trainer.state.best_global_step,
+        "global_step": trainer.state.global_step,
+        "stop_history": stop.history if stop is not None else None,
+        "stop_reached_step": stop.reached_step if stop is not None else None,
     }
 
 

@@ -168,6 +168,7 @@ def train_one_step(
     )
     if config_cls is LURConfig:
         args["inner_lr"] = BETA
+        args["forget_loss"] = "ga"  # the references below write L_u = −L_f; NPO has its own test
     args.update(overrides)
     trainer = trainer_cls(
         model=model, args=config_cls(**args), forget_dataset=forget, retain_dataset=retain, data_collator=collator
