@@ -1,6 +1,7 @@
 """`hf-unlearn`: the command line, in the style of `trl` and `transformers env`.
 
     hf-unlearn unlearn [--recipe whisper|llm] [--config recipes/whisper_tiny.yaml] [--method lur] [any config field ...]
+                       [--debug]
     hf-unlearn report OUTPUT_DIR [--no-plots]
     hf-unlearn env
 
@@ -36,8 +37,14 @@ ENV_PACKAGES = (
 )
 
 
+# Errors that mean "the input was wrong" (each raised with a message naming the fix): one line and exit status 2, as
+# argparse does for a bad flag. `--debug` shows the traceback instead.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-unlearn", description="Make a transformers model forget chosen data.")
+    parser.add_argument("--debug", action="store_true", help="Show the full traceback of an error (any position).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     unlearn = commands.add_parser(
@@ -59,9 +66,22 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `hf-unlearn` console script; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]
     args, rest = make_parser().parse_known_args(argv)
     if args.command == "unlearn":
-        importlib.import_module(RECIPES[args.recipe]).run(rest)
+        try:
+            importlib.import_module(RECIPES[args.recipe]).run(rest)
+        except USER_ERRORS as error:
+            if debug:
+                raise
+            print(f"hf-unlearn unlearn: error: {error}\n(--debug shows the traceback)", file=sys.stderr)
+            return 2
+        except SystemExit as stop:
+            if debug or not isinstance(stop.code, str):
+                raise
+            print(f"hf-unlearn unlearn: error: {stop.code}", file=sys.stderr)  # a refusal raised as SystemExit(msg)
+            return 2
         return 0
     if rest:
         make_parser().error(f"unrecognized arguments: {' '.join(rest)}")

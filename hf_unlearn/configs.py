@@ -49,6 +49,9 @@ class UnlearnConfig(TrainingArguments):
     columns such as `text`), `logging_steps=10`, `save_strategy="no"` (set it to save checkpoints).
     """
 
+    # `HfArgumentParser` lists these fields under their own heading in `--help` (a class attribute, not a field).
+    _argument_group_name = "method and training (the method's config; TrainingArguments fields included)"
+
     retain_weight: float = field(
         default=1.0, metadata={"help": "Weight of the retain term; its exact role is stated by each method."}
     )

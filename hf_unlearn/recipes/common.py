@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 @dataclass
 class RecipeArguments:
     """The script fields every recipe has; each recipe's `ScriptArguments` adds its model and data fields."""
+
+    # `HfArgumentParser`'s heading for these fields in `--help` (a class attribute, not a field).
+    _argument_group_name = "script (data, models, adapter, outputs)"
 
     method: str = field(
         default="graddiff", metadata={"help": "Unlearning method: ga, graddiff, npo, simnpo, orthograd, gru, lur."}
@@ -58,7 +61,32 @@ def make_parser(script_args_cls: type, method: str) -> "HfArgumentParser":
 
     if method not in METHODS:
         raise SystemExit(f"Unknown --method {method!r}; choose one of {sorted(METHODS)}.")
-    return HfArgumentParser((script_args_cls, METHODS[method][0]))
+    return HfArgumentParser((script_args_cls, METHODS[method][0]), prog=program_name())
+
+
+def program_name() -> str | None:
+    """`hf-unlearn unlearn` when run through the console script (or `python -m hf_unlearn`), so that `--help` shows a
+    usage line the user can type; `None` (argparse's default, the script's name) otherwise."""
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if program is not None and (
+        program.name == "hf-unlearn" or (program.name == "__main__.py" and program.parent.name == "hf_unlearn")
+    ):
+        return "hf-unlearn unlearn"
+    return None
+
+
+def print_effective_help(parser: "HfArgumentParser", preset: dict[str, Any], config_path: str, method: str) -> None:
+    """`--help` with the defaults that will actually apply: the preset's values over the dataclasses' own."""
+    known = {f.name for dataclass_type in parser.dataclass_types for f in fields(dataclass_type)}
+    parser.set_defaults(**{key: value for key, value in preset.items() if key in known}, method=method)
+    parser.description = (
+        f"Preset: {config_path} (method {method}). Every field below can be set in the YAML preset or on the "
+        "command line, which wins. Also: --config PATH (another YAML preset); with `hf-unlearn unlearn`, "
+        "--recipe whisper|llm (which recipe) and --debug (show tracebacks). The defaults shown are the preset's "
+        "where it sets the field."
+    )
+    parser.usage = f"{parser.prog} [--config PATH] [--method METHOD] [--FIELD VALUE ...]"
+    parser.print_help()
 
 
 def parse_recipe_args(
@@ -76,6 +104,7 @@ def parse_recipe_args(
     preset = yaml.safe_load(Path(known.config).read_text()) or {}
     preset_method = preset.pop("method", "graddiff")
     method = known.method or preset_method
+    parser = make_parser(script_args_cls, method)  # an unknown method fails here, before any other message
     if method != preset_method and "retain_weight" in preset:
         # retain_weight means λ, α or γ depending on the method: a preset's value is only valid for its own method.
         print(
@@ -84,7 +113,9 @@ def parse_recipe_args(
             file=sys.stderr,
         )
     preset.setdefault("output_dir", f"outputs/{output_prefix}-{method}")
-    parser = make_parser(script_args_cls, method)
+    if "-h" in rest or "--help" in rest:
+        print_effective_help(parser, preset, known.config, method)
+        raise SystemExit(0)
     return parser.parse_args_into_dataclasses(args=preset_to_argv(preset) + ["--method", method] + rest)
 
 
