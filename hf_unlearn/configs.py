@@ -92,4 +92,7 @@ class UnlearnConfig(TrainingArguments):
             self.use_cpu = True
         if self.use_cpu and self.ddp_backend is None and launcher_world_size() > 1:
             self.ddp_backend = "gloo"  # the only backend torch.distributed offers on CPU everywhere
+        if self.dataloader_pin_memory and (self.use_cpu or not accelerator_available()):
+            # Pinned memory only speeds up host-to-accelerator copies; without one, torch warns on every dataloader.
+            self.dataloader_pin_memory = False
         super().__post_init__()

@@ -132,6 +132,13 @@ def preset_to_argv(values: dict[str, Any]) -> list[str]:
     return argv
 
 
+def announce(config: "UnlearnConfig", message: str) -> None:
+    """One line per phase of a run (data, reference models, scoring, unlearning), from the main process only, so a
+    user sees what the minutes between progress bars are spent on."""
+    if config.process_index == 0:
+        print(f"[hf-unlearn] {message}", flush=True)
+
+
 def check_before_training(config: "UnlearnConfig", hub_dry_run_dir: str | None) -> Path | None:
     """Refuse what would fail after minutes of work (non-empty output_dir, Hub push without credentials, a bad
     card template, a non-empty dry-run folder). Returns the dry-run folder, if any."""
@@ -172,6 +179,7 @@ def write_run_outputs(
     printed table."""
     from hf_unlearn.plots import write_run_plots
 
+    announce(config, f"Writing the adapter, metrics, plots and card to {config.output_dir}")
     if trainer.is_world_process_zero():
         output_dir = Path(config.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)

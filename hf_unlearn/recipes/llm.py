@@ -152,7 +152,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     from hf_unlearn.eval.report import run_table
     from hf_unlearn.eval.text_evaluator import TextEvaluator, evaluate_text_splits, truth_ratios
 
-    from .common import check_before_training, prepare_in_one_process, write_run_outputs
+    from .common import announce, check_before_training, prepare_in_one_process, write_run_outputs
 
     if script_args.prepare_only:
         load_data_and_models(script_args, config.seed)
@@ -162,6 +162,9 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     if config.world_size > 1:
         # Every rank below only reads the caches.
         prepare_in_one_process("hf_unlearn.recipes.llm", script_args, config)
+    announce(
+        config, "Loading the data and models (the embedded corpus and reference models are built once, then cached)"
+    )
     with whole_model_loading():
         splits, tokenizer, model, retrain_model = load_data_and_models(script_args, config.seed)
     ensure_pad_token(tokenizer)
@@ -174,6 +177,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
 
     results = {}
     if retrain_model is not None:
+        announce(config, "Scoring the exact-retrain model on every split")
         retrain_model.to(config.device)
         # Forget quality of every model is measured against the retrain model's truth ratios (its own is then 1).
         retrain_model.eval()
@@ -211,13 +215,16 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
         return nested
 
     # The fresh adapter is a no-op (peft initialises lora_B to zero), so this scores the base model.
+    announce(config, "Scoring the base model on every split")
     results = {"base": by_split(trainer.evaluate()), **results}
     datasets = [script_args.dataset_name] if script_args.dataset_name else None
     trainer.set_card_info(metrics=results, datasets=datasets)  # checkpoint cards show base/retrain already
+    announce(config, f"Unlearning with {script_args.method} ({config.max_steps} steps)")
     trainer.train()
     # An evaluation at the last step (eval_strategy="steps") already scored the final model: reuse it.
     final = next((e for e in reversed(trainer.state.log_history) if "eval_forget_rougeL_recall" in e), None)
     if final is None or final.get("step") != trainer.state.global_step:
+        announce(config, "Scoring the unlearned model on every split")
         final = trainer.evaluate()
     results["unlearned"] = by_split(final)
     trainer.set_card_info(metrics=results)

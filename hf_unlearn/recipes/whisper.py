@@ -135,7 +135,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     from hf_unlearn.eval.asr import evaluate_asr
     from hf_unlearn.eval.report import metrics_table
 
-    from .common import check_before_training, prepare_in_one_process, write_run_outputs
+    from .common import announce, check_before_training, prepare_in_one_process, write_run_outputs
 
     if script_args.prepare_only:
         load_data_and_models(script_args, config.seed)
@@ -145,6 +145,9 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     if config.world_size > 1:
         # Every rank below only reads the caches.
         prepare_in_one_process("hf_unlearn.recipes.whisper", script_args, config)
+    announce(
+        config, "Loading the data and models (the embedded corpus and reference models are built once, then cached)"
+    )
     with whole_model_loading():
         corpus, processor, model, retrain_model = load_data_and_models(script_args, config.seed)
     prepared = {split: prepare_speech_dataset(corpus[split], processor) for split in SPLITS if split in corpus}
@@ -170,8 +173,10 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
         return {split: {m: prefix_metrics[f"eval_{split}_{m}"] for m in ("wer", "cer", "loss")} for split in prepared}
 
     # The fresh adapter is a no-op (peft initialises lora_B to zero), so this scores the base model.
+    announce(config, "Scoring the base model on every split")
     results = {"base": asr_metrics(trainer.evaluate())}
     if retrain_model is not None:
+        announce(config, "Scoring the exact-retrain model on every split")
         retrain_model.to(trainer.args.device)
         results["retrain"] = {
             split: evaluate_asr(
@@ -181,10 +186,12 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
         }
     datasets = [script_args.dataset_name] if script_args.dataset_name else None
     trainer.set_card_info(metrics=results, datasets=datasets)  # checkpoint cards show base/retrain already
+    announce(config, f"Unlearning with {script_args.method} ({config.max_steps} steps)")
     trainer.train()
     # An evaluation at the last step (eval_strategy="steps") already scored the final model: reuse it.
     final = next((e for e in reversed(trainer.state.log_history) if "eval_forget_wer" in e), None)
     if final is None or final.get("step") != trainer.state.global_step:
+        announce(config, "Scoring the unlearned model on every split")
         final = trainer.evaluate()
     results["unlearned"] = asr_metrics(final)
     trainer.set_card_info(metrics=results)
