@@ -2,7 +2,7 @@
 
     hf-unlearn unlearn [--recipe whisper|llm] [--config recipes/whisper_tiny.yaml] [--method lur] [any config field ...]
                        [--debug]
-    hf-unlearn report OUTPUT_DIR [--no-plots]
+    hf-unlearn report OUTPUT_DIR [--no_plots]
     hf-unlearn env
 
 `unlearn` forwards everything after it to the recipe's own parser (`hf-unlearn unlearn --help` lists every field),
@@ -57,7 +57,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="Print a run's metrics table and (re)draw its plots.")
     report.add_argument("output_dir", type=Path, help="A recipe's output folder (holds metrics.json).")
-    report.add_argument("--no-plots", dest="plots", action="store_false", help="Only print the table.")
+    report.add_argument("--no_plots", "--no-plots", dest="plots", action="store_false", help="Only print the table.")
 
     commands.add_parser("env", help="Print versions and platform, to paste into a bug report.")
     return parser

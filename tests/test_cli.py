@@ -150,3 +150,16 @@ def test_user_error_is_one_line_and_exit_2_and_debug_shows_the_traceback(tmp_pat
     assert err.startswith("hf-unlearn unlearn: error:") and "--debug" in err
     with pytest.raises((ValueError, FileNotFoundError, SystemExit)):
         cli.main([*argv, "--debug"])
+
+
+def test_use_peft_false_fine_tunes_the_whole_model_and_metrics_go_through_save_metrics(tmp_path, capsys):
+    output_dir = tmp_path / "full"
+    argv = ["unlearn", "--recipe", "llm", "--corpus_preset", "tiny", "--max_steps", "1", "--use_peft", "false"]
+    argv += ["--method", "graddiff", "--eval_strategy", "no", "--output_dir", str(output_dir)]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    assert (output_dir / "model.safetensors").is_file() and not (output_dir / "adapter_config.json").exists()
+    unlearned = json.loads((output_dir / "unlearned_results.json").read_text())
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert unlearned["forget_rougeL_recall"] == metrics["unlearned"]["forget"]["rougeL_recall"]
+    assert "base_forget_rougeL_recall" not in unlearned and (output_dir / "all_results.json").is_file()

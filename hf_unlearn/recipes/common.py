@@ -35,8 +35,13 @@ class RecipeArguments:
     train_retrain_reference: bool = field(
         default=True, metadata={"help": "Embedded default: also train (and cache) the exact-retrain reference."}
     )
+    use_peft: bool = field(
+        default=True,
+        metadata={"help": "Train a LoRA adapter (peft); false fine-tunes every weight of the model (trl's flag)."},
+    )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
     cache_dir: str | None = field(
         default=None, metadata={"help": "Cache for the embedded corpus and models (default $HF_UNLEARN_CACHE)."}
     )
@@ -50,6 +55,21 @@ class RecipeArguments:
             "help": "Write the files push_to_hub would upload (adapter, processor or tokenizer, card) into this "
             "empty folder."
         },
+    )
+
+
+def lora_config(script_args: RecipeArguments, target_modules: list[str], **extra: Any) -> Any:
+    """The run's `peft.LoraConfig`, or `None` with `--use_peft false` (full fine-tuning)."""
+    if not script_args.use_peft:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=script_args.lora_r,
+        lora_alpha=script_args.lora_alpha,
+        lora_dropout=script_args.lora_dropout,
+        target_modules=target_modules,
+        **extra,
     )
 
 
@@ -188,6 +208,10 @@ def write_run_outputs(
         resolved = {"script": asdict(script_args), "config": json.loads(config.to_json_string())}
         (output_dir / "unlearn_config.json").write_text(json.dumps(resolved, indent=2))
         write_run_plots(output_dir)  # training curves (and gradient conflict, when the method logs it)
+    # Also the Trainer's own `<name>_results.json` + `all_results.json`, which HF tooling and scripts read.
+    for name, per_split in results.items():
+        flat = {f"{split}_{metric}": value for split, values in per_split.items() for metric, value in values.items()}
+        trainer.save_metrics(name, flat)
     trainer.save_model(config.output_dir)
     if dry_run_dir is not None:
         uploaded = trainer.save_for_hub(dry_run_dir)

@@ -144,15 +144,13 @@ def load_data_and_models(script_args: ScriptArguments, seed: int):
 
 def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dict[str, dict[str, float]]]:
     """Train, evaluate and save one unlearning run; returns the `metrics.json` content (on every process)."""
-    from peft import LoraConfig
-
     from hf_unlearn import METHODS
     from hf_unlearn.data.text_collators import QACollator, ensure_pad_token
     from hf_unlearn.distributed import whole_model_loading
     from hf_unlearn.eval.report import run_table
     from hf_unlearn.eval.text_evaluator import TextEvaluator, evaluate_text_splits, truth_ratios
 
-    from .common import announce, check_before_training, prepare_in_one_process, write_run_outputs
+    from .common import announce, check_before_training, lora_config, prepare_in_one_process, write_run_outputs
 
     if script_args.prepare_only:
         load_data_and_models(script_args, config.seed)
@@ -197,13 +195,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
         eval_dataset=eval_splits,
         data_collator=QACollator(tokenizer, max_length=max_length),
         processing_class=tokenizer,
-        peft_config=LoraConfig(
-            r=script_args.lora_r,
-            lora_alpha=script_args.lora_alpha,
-            target_modules=script_args.lora_target_modules,
-            lora_dropout=0.0,
-            task_type="CAUSAL_LM",
-        ),
+        peft_config=lora_config(script_args, script_args.lora_target_modules, task_type="CAUSAL_LM"),
         evaluator=evaluator,
     )
 

@@ -127,15 +127,13 @@ def load_data_and_models(script_args: ScriptArguments, seed: int):
 
 def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dict[str, dict[str, float]]]:
     """Train, evaluate and save one unlearning run; returns the `metrics.json` content (on every process)."""
-    from peft import LoraConfig
-
     from hf_unlearn import METHODS
     from hf_unlearn.data import SpeechSeq2SeqCollator, prepare_speech_dataset
     from hf_unlearn.distributed import whole_model_loading
     from hf_unlearn.eval.asr import evaluate_asr
     from hf_unlearn.eval.report import metrics_table
 
-    from .common import announce, check_before_training, prepare_in_one_process, write_run_outputs
+    from .common import announce, check_before_training, lora_config, prepare_in_one_process, write_run_outputs
 
     if script_args.prepare_only:
         load_data_and_models(script_args, config.seed)
@@ -161,12 +159,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
         eval_dataset=prepared,
         data_collator=SpeechSeq2SeqCollator(processor),
         processing_class=processor,
-        peft_config=LoraConfig(
-            r=script_args.lora_r,
-            lora_alpha=script_args.lora_alpha,
-            target_modules=script_args.lora_target_modules,
-            lora_dropout=0.0,
-        ),
+        peft_config=lora_config(script_args, script_args.lora_target_modules),
     )
 
     def asr_metrics(prefix_metrics: dict) -> dict:
