@@ -114,7 +114,11 @@ def parse_recipe_args(
 ) -> tuple[Any, "UnlearnConfig"]:
     """`(script_args, method_config)` from the YAML preset (`--config`, default `default_config`), then the command
     line on top (argparse keeps the last occurrence of a flag). `output_dir` defaults to
-    `outputs/<output_prefix>-<method>`."""
+    `outputs/<output_prefix>-<method>`.
+
+    Not `HfArgumentParser.parse_yaml_file`: it reads the YAML alone, with no way to lay command-line flags over it,
+    and the method (hence the config class) must be known before the parser can be built; turning the preset into
+    flags keeps one parse, with argparse's own type conversion and errors for both sources."""
     import yaml
 
     pre = argparse.ArgumentParser(add_help=False)
