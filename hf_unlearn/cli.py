@@ -1,7 +1,8 @@
 """`hf-unlearn`: the command line, in the style of `trl` and `transformers env`.
 
     hf-unlearn unlearn [--recipe whisper|llm|classifier] [--config PRESET.yaml] [--method lur] [any config field ...]
-    hf-unlearn report OUTPUT_DIR [--no-plots]
+                       [--debug]
+    hf-unlearn report OUTPUT_DIR [--no_plots]
     hf-unlearn env
 
 `unlearn` forwards everything after it to the recipe's own parser (`hf-unlearn unlearn --help` lists every field),
@@ -40,8 +41,14 @@ ENV_PACKAGES = (
 )
 
 
+# Errors that mean "the input was wrong" (each raised with a message naming the fix): one line and exit status 2, as
+# argparse does for a bad flag. `--debug` shows the traceback instead.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-unlearn", description="Make a transformers model forget chosen data.")
+    parser.add_argument("--debug", action="store_true", help="Show the full traceback of an error (any position).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     unlearn = commands.add_parser(
@@ -54,7 +61,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="Print a run's metrics table and (re)draw its plots.")
     report.add_argument("output_dir", type=Path, help="A recipe's output folder (holds metrics.json).")
-    report.add_argument("--no-plots", dest="plots", action="store_false", help="Only print the table.")
+    report.add_argument("--no_plots", "--no-plots", dest="plots", action="store_false", help="Only print the table.")
 
     commands.add_parser("env", help="Print versions and platform, to paste into a bug report.")
     return parser
@@ -63,9 +70,22 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `hf-unlearn` console script; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]
     args, rest = make_parser().parse_known_args(argv)
     if args.command == "unlearn":
-        importlib.import_module(RECIPES[args.recipe]).run(rest)
+        try:
+            importlib.import_module(RECIPES[args.recipe]).run(rest)
+        except USER_ERRORS as error:
+            if debug:
+                raise
+            print(f"hf-unlearn unlearn: error: {error}\n(--debug shows the traceback)", file=sys.stderr)
+            return 2
+        except SystemExit as stop:
+            if debug or not isinstance(stop.code, str):
+                raise
+            print(f"hf-unlearn unlearn: error: {stop.code}", file=sys.stderr)  # a refusal raised as SystemExit(msg)
+            return 2
         return 0
     if rest:
         make_parser().error(f"unrecognized arguments: {' '.join(rest)}")

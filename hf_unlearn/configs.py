@@ -53,6 +53,9 @@ class UnlearnConfig(TrainingArguments):
     columns such as `text`), `logging_steps=10`, `save_strategy="no"` (set it to save checkpoints).
     """
 
+    # `HfArgumentParser` lists these fields under their own heading in `--help` (a class attribute, not a field).
+    _argument_group_name = "method and training (the method's config; TrainingArguments fields included)"
+
     retain_weight: float = field(
         default=1.0, metadata={"help": "Weight of the retain term; its exact role is stated by each method."}
     )
@@ -99,4 +102,7 @@ class UnlearnConfig(TrainingArguments):
             self.use_cpu = True
         if self.use_cpu and self.ddp_backend is None and launcher_world_size() > 1:
             self.ddp_backend = "gloo"  # the only backend torch.distributed offers on CPU everywhere
+        if self.dataloader_pin_memory and (self.use_cpu or not accelerator_available()):
+            # Pinned memory only speeds up host-to-accelerator copies; without one, torch warns on every dataloader.
+            self.dataloader_pin_memory = False
         super().__post_init__()

@@ -21,6 +21,7 @@ CONFLICT_KEYS = {
     "lur/grad_cosine": 1.0,  # cos(∇L_r, ∇L_u) already
     "orthograd/forget_retain_cosine": -1.0,  # cos(∇L_f, ḡ_r): positive is conflict, so flip it
 }
+SPLIT_MARKERS = "osD^vP"
 SPLIT_COLORS = {
     "forget": "tab:red",
     "forget_test": "tab:orange",
@@ -99,7 +100,18 @@ def plot_training_curves(
                 # The recipes score the base model before training; Trainer.train resets the log, so add it here.
                 steps, values = [0, *steps], [base[split][metric], *values]
             color = SPLIT_COLORS.get(split)
-            left.plot(steps, values, marker="o", color=color, label=split)
+            # Distinct markers and slightly offset sizes: splits that sit on the same values (a short run, every
+            # WER at 0) stay visible instead of the last line hiding the others.
+            index = list(splits).index(split)
+            left.plot(
+                steps,
+                values,
+                marker=SPLIT_MARKERS[index % len(SPLIT_MARKERS)],
+                markersize=9 - 1.5 * index,
+                color=color,
+                label=split,
+                alpha=0.85,
+            )
             if metric in retrain.get(split, {}):
                 left.axhline(retrain[split][metric], color=color, linestyle="--", linewidth=1, alpha=0.7)
         if retrain:
@@ -110,7 +122,7 @@ def plot_training_curves(
     else:
         left.text(0.5, 0.5, "no evaluation logged", ha="center", va="center", transform=left.transAxes)
     for key, color in zip(train_keys, ("tab:red", "tab:blue"), strict=False):
-        right.plot(*eval_series(log_history, key), color=color, label=key)
+        right.plot(*eval_series(log_history, key), color=color, label=key, marker=".")  # a marker: 1 point shows
     right.set_title("training losses (per logging window)")
     right.set_ylabel("mean per-example loss")
     if train_keys:
@@ -220,10 +232,23 @@ def write_run_plots(output_dir: str | Path) -> list[Path]:
     metrics_file = output_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
     written = [
-        plot_training_curves(log_history, output_dir / CURVES_FILE, metrics=metrics, title=output_dir.name),
+        plot_training_curves(log_history, output_dir / CURVES_FILE, metrics=metrics, title=run_title(output_dir)),
         plot_gradient_conflict({output_dir.name: log_history}, output_dir / CONFLICT_FILE),
     ]
     return [path for path in written if path is not None]
+
+
+def run_title(output_dir: Path) -> str:
+    """ "<method> unlearning, <steps> steps (<folder>)" from the run's `unlearn_config.json`; the folder name alone
+    when the run did not record its config."""
+    config_file = output_dir / "unlearn_config.json"
+    if not config_file.is_file():
+        return output_dir.name
+    resolved = json.loads(config_file.read_text())
+    method = resolved.get("script", {}).get("method", "?")
+    steps = resolved.get("config", {}).get("max_steps")
+    budget = f", {steps} steps" if isinstance(steps, int) and steps > 0 else ""
+    return f"{method} unlearning{budget} ({output_dir.name})"
 
 
 def _save(figure: Any, path: str | Path) -> Path:

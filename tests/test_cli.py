@@ -100,3 +100,66 @@ def test_card_command_names_the_cli_not_its_install_path(program):
 
     assert reproduce_command([program, "unlearn", "--method", "lur"]) == "hf-unlearn unlearn --method lur"
     assert reproduce_command(["recipes/unlearn_whisper.py", "--x"]) == "python recipes/unlearn_whisper.py --x"
+
+
+def test_top_level_help_imports_no_torch():
+    """`hf-unlearn --help` must not pay for torch/transformers (the package exports its names lazily)."""
+    code = "import sys; from hf_unlearn import cli; cli.make_parser(); print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+
+
+def test_lazy_exports_resolve_to_the_classes():
+    import hf_unlearn
+    from hf_unlearn.methods import METHODS, LURTrainer
+
+    assert hf_unlearn.LURTrainer is LURTrainer and hf_unlearn.METHODS is METHODS
+    assert set(hf_unlearn.__all__) <= set(dir(hf_unlearn))
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchTrainer'"):
+        hf_unlearn.NoSuchTrainer  # noqa: B018
+
+
+def test_unlearn_help_shows_the_subcommand_groups_and_the_presets_defaults(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/hf-unlearn"])
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["unlearn", "--help"])
+    assert stop.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
+    assert out.startswith("usage: hf-unlearn unlearn [--config PATH]")
+    assert "script (data, models, adapter, outputs):" in out and "method and training" in out
+    learning_rate_help = out[out.index("--learning_rate LEARNING_RATE,") :][:200]
+    assert "(default: 0.001)" in learning_rate_help  # the preset's 1e-3, not TrainingArguments' 5e-05
+    retain_help = out[out.index("--retain_weight RETAIN_WEIGHT,") :][:200]
+    assert "(default: 3.0)" in retain_help  # GradDiff's λ from the preset
+
+
+def test_unknown_method_is_one_line_and_exit_2(capsys):
+    assert cli.main(["unlearn", "--method", "foo"]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown --method 'foo'" in err and "Traceback" not in err
+    assert "Ignoring retain_weight" not in err  # the method is checked before anything else is said
+
+
+def test_user_error_is_one_line_and_exit_2_and_debug_shows_the_traceback(tmp_path, capsys):
+    argv = ["unlearn", "--corpus_preset", "tiny", "--dataset_name", str(tmp_path / "missing"), "--max_steps", "1"]
+    argv += ["--output_dir", str(tmp_path / "out")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hf-unlearn unlearn: error:") and "--debug" in err
+    with pytest.raises((ValueError, FileNotFoundError, SystemExit)):
+        cli.main([*argv, "--debug"])
+
+
+def test_use_peft_false_fine_tunes_the_whole_model_and_metrics_go_through_save_metrics(tmp_path, capsys):
+    output_dir = tmp_path / "full"
+    argv = ["unlearn", "--recipe", "llm", "--corpus_preset", "tiny", "--max_steps", "1", "--use_peft", "false"]
+    argv += ["--method", "graddiff", "--eval_strategy", "no", "--output_dir", str(output_dir)]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    assert (output_dir / "model.safetensors").is_file() and not (output_dir / "adapter_config.json").exists()
+    unlearned = json.loads((output_dir / "unlearned_results.json").read_text())
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert unlearned["forget_rougeL_recall"] == metrics["unlearned"]["forget"]["rougeL_recall"]
+    assert "base_forget_rougeL_recall" not in unlearned and (output_dir / "all_results.json").is_file()

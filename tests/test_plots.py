@@ -117,3 +117,10 @@ def test_text_runs_plot_rouge_curves_and_a_score_tradeoff(tmp_path, monkeypatch)
     monkeypatch.setattr("matplotlib.axes.Axes.set_ylabel", lambda axis, label, **kw: labels.append(label))
     assert_png(plots.plot_tradeoff({"npo": metrics}, tmp_path / "tradeoff.png", metric="rougeL_recall"))
     assert labels == ["forget ROUGE-L recall (lower: more forgotten)"]
+
+
+def test_run_title_names_method_and_budget(tmp_path):
+    assert plots.run_title(tmp_path) == tmp_path.name  # no unlearn_config.json: the folder's name
+    resolved = {"script": {"method": "lur"}, "config": {"max_steps": 60}}
+    (tmp_path / "unlearn_config.json").write_text(json.dumps(resolved))
+    assert plots.run_title(tmp_path) == f"lur unlearning, 60 steps ({tmp_path.name})"

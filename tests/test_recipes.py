@@ -91,3 +91,20 @@ def test_recipe_unknown_speaker_lists_the_available_ones(tmp_path):
     result = run_recipe("--output_dir", str(tmp_path / "o"), "--forget_speaker", "nobody")
     assert result.returncode != 0
     assert "speaker_0" in result.stderr and "nobody" in result.stderr
+
+
+def test_card_how_to_use_snippet_runs_on_the_saved_run(default_run):
+    """The card's "How to use" code, run as a reader would (base folder and adapter folder filled in)."""
+    import numpy as np
+    from huggingface_hub import ModelCard
+
+    output_dir, _ = default_run
+    card = ModelCard.load(output_dir / "README.md")
+    assert card.data.pipeline_tag == "automatic-speech-recognition"
+    snippet = card.text.split("## How to use", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    base_folder = json.loads((output_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    snippet = snippet.replace("path/to/base-model", base_folder).replace(f"path/to/{output_dir.name}", str(output_dir))
+    namespace: dict = {}
+    exec(snippet, namespace)
+    speech = {"raw": np.zeros(16000, dtype=np.float32), "sampling_rate": 16000}
+    assert isinstance(namespace["pipe"](speech)["text"], str)

@@ -75,9 +75,12 @@ def transcribe(
     put in eval mode for decoding and restored afterwards. `max_new_tokens` is capped at what the decoder can hold
     after Whisper's prefix tokens (`max_target_positions` minus the prefix), which `generate` would otherwise reject.
     """
+    length_kwargs = {}
     if max_new_tokens is not None:
-        room = model.config.max_target_positions - len(processor.tokenizer.prefix_tokens)
-        max_new_tokens = min(max_new_tokens, room)
+        prefix = len(processor.tokenizer.prefix_tokens)
+        # As a total `max_length` (prefix + new tokens), the same limit: passing `max_new_tokens` beside the model's
+        # own `generation_config.max_length` makes transformers warn on every batch that both are set.
+        length_kwargs = {"max_length": prefix + min(max_new_tokens, model.config.max_target_positions - prefix)}
     parameter = next(model.parameters())
     was_training = model.training
     model.eval()
@@ -86,8 +89,7 @@ def transcribe(
         for start in range(0, len(dataset), batch_size):
             batch = dataset[start : start + batch_size]
             features = _batch_features(batch, processor).to(device=parameter.device, dtype=parameter.dtype)
-            kwargs = {"max_new_tokens": max_new_tokens} if max_new_tokens is not None else {}
-            generated = model.generate(input_features=features, do_sample=False, num_beams=1, **kwargs)
+            generated = model.generate(input_features=features, do_sample=False, num_beams=1, **length_kwargs)
             transcripts += processor.tokenizer.batch_decode(generated, skip_special_tokens=True)
     finally:
         model.train(was_training)

@@ -108,10 +108,14 @@ def _sha256(text: str) -> str:
 # ---------------------------------------------------------------------------------------------- card content
 
 
+# `UnlearnConfig` fields that say how a run was evaluated or saved, not how the model was unlearnt.
+NOT_HYPERPARAMETERS = frozenset({"overwrite_output_dir", "generation_max_new_tokens", "eval_generate"})
+
+
 def method_hyperparameters(args: TrainingArguments) -> dict[str, Any]:
     """The config fields a method adds on top of `TrainingArguments` (retain_weight, beta, inner_lr, ...)."""
-    base_fields = {f.name for f in fields(TrainingArguments)}
-    return {f.name: getattr(args, f.name) for f in fields(type(args)) if f.name not in base_fields}
+    skip = {f.name for f in fields(TrainingArguments)} | NOT_HYPERPARAMETERS
+    return {f.name: getattr(args, f.name) for f in fields(type(args)) if f.name not in skip}
 
 
 def training_settings(args: TrainingArguments, num_processes: int = 1) -> dict[str, Any]:
@@ -217,8 +221,11 @@ def model_card_context(
     versions: dict[str, str],
     command: str | None,
     datasets: list[str] | None,
+    usage: str | None = None,
 ) -> dict[str, Any]:
     """Every variable the template may use. Built the same way for the real card and the start-of-run check."""
+    if adapter is not None and adapter.get("peft_type") == "LORA":
+        adapter = {**adapter, "peft_type": "LoRA"}  # the method's name as its paper writes it, not peft's enum
     return {
         "model_name": model_name,
         "method": method,
@@ -235,6 +242,7 @@ def model_card_context(
         "versions": versions,
         "command": command,
         "datasets": datasets or None,
+        "usage": usage,
     }
 
 
@@ -286,6 +294,7 @@ def check_card_template(template_path: str | os.PathLike | None = None) -> None:
         versions={"hf_unlearn": "0"},
         command="python dummy.py",
         datasets=["dummy/dataset"],
+        usage="import peft",
     )
     card_data = ModelCardData(library_name="peft", base_model="dummy/base-model", tags=["unlearning"])
     render_model_card(card_data, context, template_path)

@@ -9,9 +9,11 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from huggingface_hub import ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from . import model_card as hub_card
+from .local_paths import command_without_local_paths, scrub_upload_folder
+from .usage import task_of, usage_snippet
 
 
 if TYPE_CHECKING:
@@ -49,12 +51,14 @@ def write_model_card(
     dataset: str | list[str] | None = None,
     language: str | list[str] | None = None,
     license: str | None = None,
+    for_upload: bool = False,
 ) -> Path:
     """Render `README.md` into `output_dir` from the trainer's model, method, config and `card_info`; returns its path.
 
     Reads the base model's name and the adapter from the (unwrapped) model, the method's own hyperparameters from
     `trainer.args` and the seed paper from `trainer._paper`. Local paths never reach the card (the Hub rejects them
-    in metadata, and they would publish the author's file system).
+    in metadata, and they would publish the author's file system); `for_upload` also shortens the paths in the
+    reproduce command.
     """
     from peft import PeftModel
 
@@ -68,6 +72,15 @@ def write_model_card(
     base = model.get_base_model() if is_peft else model
     base_model = getattr(getattr(base, "config", None), "_name_or_path", None) or None
     peft_config = model.peft_config.get("default", next(iter(model.peft_config.values()))) if is_peft else None
+    task = task_of(type(base).__name__)
+    base_model_id = hub_card.hub_id_or_none(base_model)
+    repo = trainer.args.hub_model_id or f"path/to/{model_name}"
+    usage = (
+        usage_snippet(task, base_model=base_model_id or "path/to/base-model", repo=repo, is_peft=is_peft)
+        if task is not None
+        else None
+    )
+    command = card_info["command"]
 
     context = hub_card.model_card_context(
         model_name=model_name,
@@ -80,23 +93,47 @@ def write_model_card(
         metrics=card_info["metrics"],
         paper=trainer._paper,
         versions=hub_card.library_versions(),
-        command=card_info["command"],
+        command=command_without_local_paths(command) if for_upload else command,
         datasets=[name for name in datasets or [] if hub_card.hub_id_or_none(name)],
+        usage=usage,
     )
     card_data = ModelCardData(
         model_name=model_name,
         base_model=context["base_model_id"],
         library_name="peft" if is_peft else "transformers",
-        tags=list(dict.fromkeys([*trainer._tag_names, *extra_tags])),
+        pipeline_tag=task.pipeline_tag if task else None,
+        tags=list(dict.fromkeys([*trainer._tag_names, "machine-unlearning", *extra_tags])),
         datasets=context["datasets"],
         language=language,
         license=license,
+        eval_results=eval_results(card_info["metrics"], task.pipeline_tag if task else "other") or None,
     )
     card = hub_card.render_model_card(card_data, context, trainer._card_template)
     os.makedirs(output_dir, exist_ok=True)
     path = Path(output_dir) / "README.md"
     card.save(str(path))
     return path
+
+
+def eval_results(metrics: dict[str, dict[str, dict[str, float]]] | None, task_type: str) -> list[EvalResult]:
+    """The unlearned model's scores as the card's `model-index` (one entry per split and metric).
+
+    The embedded benchmarks are not Hub datasets, so each split is named as `hf-unlearn/<split>`; the base and
+    exact-retrain scores stay in the card's table, which is where a reader compares them.
+    """
+    results = []
+    for split, per_metric in ((metrics or {}).get("unlearned") or {}).items():
+        for metric, value in per_metric.items():
+            results.append(
+                EvalResult(
+                    task_type=task_type,
+                    dataset_type=f"hf-unlearn/{split}",
+                    dataset_name=f"{split} split",
+                    metric_type=metric,
+                    metric_value=float(value),
+                )
+            )
+    return results
 
 
 def save_for_hub(trainer: "UnlearnTrainer", folder: str | os.PathLike) -> list[str]:
@@ -130,8 +167,20 @@ def save_for_hub(trainer: "UnlearnTrainer", folder: str | os.PathLike) -> list[s
                 (folder / relative).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source / relative, folder / relative)
     trainer.save_model(str(folder), _internal_call=True)  # all processes: sharded models gather here
+    if not trainer.is_world_process_zero():
+        return []
+    if trainer._forget_fingerprint is None:
+        trainer._forget_fingerprint = hub_card.forget_fingerprint(trainer.train_dataset)
     model_tags = getattr(trainer.accelerator.unwrap_model(trainer.model), "model_tags", None)
-    trainer.create_model_card(
-        model_name=default_model_name(trainer), tags=list(model_tags or []), output_dir=str(folder)
+    card_path = write_model_card(
+        trainer,
+        folder,
+        card_info=trainer._card_info,
+        forget=trainer._forget_fingerprint,
+        model_name=default_model_name(trainer),
+        tags=list(model_tags or []),
+        for_upload=True,
     )
-    return hub_card.upload_file_list(folder) if folder.is_dir() else []
+    base_model_id = ModelCard.load(card_path).data.base_model
+    scrub_upload_folder(folder, base_model_id)
+    return hub_card.upload_file_list(folder)

@@ -41,13 +41,26 @@ class FromScratchConfig:
 
 
 def fit_from_scratch(
-    model: nn.Module, train_dataset: Dataset, collator: Any, config: FromScratchConfig, output_dir: Path
+    model: nn.Module,
+    train_dataset: Dataset,
+    collator: Any,
+    config: FromScratchConfig,
+    output_dir: Path,
+    description: str | None = None,
 ) -> dict:
     """Train `model` in place on CPU under `config` and return training statistics for the cache's info file.
 
     `config` is a `FromScratchConfig` (`ReferenceTrainingConfig`, `TextReferenceTrainingConfig`). With the
     `"warmup_stable_decay"` schedule the last `decay_fraction` of the steps decay the learning rate to 0.
+    `description` names the model in the phase line printed before training (default: the model's class), so the
+    progress bar and loss logs that follow say which reference model is being trained.
     """
+    description = description or type(model).__name__
+    print(
+        f"[hf-unlearn] Training the {description} from scratch ({len(train_dataset)} examples, "
+        f"{config.num_train_epochs} epochs; cached for later runs)",
+        flush=True,
+    )
     scheduler_kwargs = {}
     if config.lr_scheduler_type == "warmup_stable_decay":
         total_steps = math.ceil(len(train_dataset) / config.batch_size) * config.num_train_epochs
@@ -69,7 +82,6 @@ def fit_from_scratch(
         save_strategy="no",
         logging_steps=50,
         report_to="none",
-        disable_tqdm=True,
         # The collators read raw columns (`text`, `question`); the Trainer must not drop them as "unused".
         remove_unused_columns=False,
         dataloader_pin_memory=False,

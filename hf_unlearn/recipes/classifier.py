@@ -74,9 +74,14 @@ class ScriptArguments(RecipeArguments):
             "the forget set (exact retrain) first; needed when its head does not match the dataset's classes."
         },
     )
-    use_lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of every weight."})
+    use_peft: bool = field(
+        default=False,
+        metadata={
+            "help": "Train a LoRA adapter (peft) instead of every weight; the papers' image tables fine-tune all."
+        },
+    )
     lora_target_modules: list[str] = field(
-        default_factory=lambda: ["convolution"], metadata={"help": "--use_lora: modules that get an adapter."}
+        default_factory=lambda: ["convolution"], metadata={"help": "--use_peft: modules that get an adapter."}
     )
     freeze_batch_norm: bool = field(
         default=True,
@@ -179,8 +184,6 @@ def card_metrics(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float
 
 def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, Any]:
     """Train, evaluate and save one unlearning run; returns the `metrics.json` content (on every process)."""
-    from peft import LoraConfig
-
     from hf_unlearn import METHODS
     from hf_unlearn.distributed import whole_model_loading
     from hf_unlearn.eval.classification import (
@@ -198,7 +201,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, Any
         model_num_channels,
     )
 
-    from .common import check_before_training, prepare_in_one_process, write_run_outputs
+    from .common import check_before_training, lora_config, prepare_in_one_process, write_run_outputs
 
     # Bad arguments fail before any image is processed or model trained.
     splits = load_splits(script_args, config.seed)
@@ -224,15 +227,8 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, Any
         retrain_model.to("cpu")
     if script_args.freeze_batch_norm:
         freeze_batch_norm(model)
-    peft_config = None
-    if script_args.use_lora:
-        peft_config = LoraConfig(
-            r=script_args.lora_r,
-            lora_alpha=script_args.lora_alpha,
-            target_modules=script_args.lora_target_modules,
-            lora_dropout=0.0,
-            modules_to_save=["classifier"],
-        )
+    # The new head is trained whole beside the adapter (modules_to_save), as peft does for a replaced classifier.
+    peft_config = lora_config(script_args, script_args.lora_target_modules, modules_to_save=["classifier"])
     trainer = METHODS[script_args.method][1](
         model=model,
         args=config,

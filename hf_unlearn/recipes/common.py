@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,14 +27,23 @@ if TYPE_CHECKING:
 class RecipeArguments:
     """The script fields every recipe has; each recipe's `ScriptArguments` adds its model and data fields."""
 
+    # `HfArgumentParser`'s heading for these fields in `--help` (a class attribute, not a field).
+    _argument_group_name = "script (data, models, adapter, outputs)"
+
     method: str = field(
-        default="graddiff", metadata={"help": "Unlearning method: ga, graddiff, npo, simnpo, orthograd, gru, lur."}
+        default="graddiff",
+        metadata={"help": "Unlearning method: ga, graddiff, npo, simnpo, orthograd, gru, lur, salun, scrub."},
     )
     train_retrain_reference: bool = field(
         default=True, metadata={"help": "Embedded default: also train (and cache) the exact-retrain reference."}
     )
+    use_peft: bool = field(
+        default=True,
+        metadata={"help": "Train a LoRA adapter (peft); false fine-tunes every weight of the model (trl's flag)."},
+    )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
     cache_dir: str | None = field(
         default=None, metadata={"help": "Cache for the embedded corpus and models (default $HF_UNLEARN_CACHE)."}
     )
@@ -58,6 +67,21 @@ class RecipeArguments:
     )
 
 
+def lora_config(script_args: RecipeArguments, target_modules: list[str], **extra: Any) -> Any:
+    """The run's `peft.LoraConfig`, or `None` with `--use_peft false` (full fine-tuning)."""
+    if not script_args.use_peft:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=script_args.lora_r,
+        lora_alpha=script_args.lora_alpha,
+        lora_dropout=script_args.lora_dropout,
+        target_modules=target_modules,
+        **extra,
+    )
+
+
 def make_parser(script_args_cls: type, method: str) -> "HfArgumentParser":
     """`HfArgumentParser` over the recipe's script arguments and `method`'s config (its fields are the flags)."""
     from transformers import HfArgumentParser
@@ -66,7 +90,32 @@ def make_parser(script_args_cls: type, method: str) -> "HfArgumentParser":
 
     if method not in METHODS:
         raise SystemExit(f"Unknown --method {method!r}; choose one of {sorted(METHODS)}.")
-    return HfArgumentParser((script_args_cls, METHODS[method][0]))
+    return HfArgumentParser((script_args_cls, METHODS[method][0]), prog=program_name())
+
+
+def program_name() -> str | None:
+    """`hf-unlearn unlearn` when run through the console script (or `python -m hf_unlearn`), so that `--help` shows a
+    usage line the user can type; `None` (argparse's default, the script's name) otherwise."""
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if program is not None and (
+        program.name == "hf-unlearn" or (program.name == "__main__.py" and program.parent.name == "hf_unlearn")
+    ):
+        return "hf-unlearn unlearn"
+    return None
+
+
+def print_effective_help(parser: "HfArgumentParser", preset: dict[str, Any], config_path: str, method: str) -> None:
+    """`--help` with the defaults that will actually apply: the preset's values over the dataclasses' own."""
+    known = {f.name for dataclass_type in parser.dataclass_types for f in fields(dataclass_type)}
+    parser.set_defaults(**{key: value for key, value in preset.items() if key in known}, method=method)
+    parser.description = (
+        f"Preset: {config_path} (method {method}). Every field below can be set in the YAML preset or on the "
+        "command line, which wins. Also: --config PATH (another YAML preset); with `hf-unlearn unlearn`, "
+        "--recipe whisper|llm|classifier (which recipe) and --debug (show tracebacks). The defaults shown are the preset's "
+        "where it sets the field."
+    )
+    parser.usage = f"{parser.prog} [--config PATH] [--method METHOD] [--FIELD VALUE ...]"
+    parser.print_help()
 
 
 def parse_recipe_args(
@@ -78,6 +127,10 @@ def parse_recipe_args(
     Resolved here, before any training time: `output_dir` defaults to a fresh `outputs/<output_prefix>-<method>-<time>`
     folder (or, when resuming a checkpoint path, the folder holding it); `--save_steps N` alone turns step saving on;
     a misspelt key or flag stops with the closest valid name.
+
+    Not `HfArgumentParser.parse_yaml_file`: it reads the YAML alone, with no way to lay command-line flags over it,
+    and the method (hence the config class) must be known before the parser can be built; turning the preset into
+    flags keeps one parse, with argparse's own type conversion and errors for both sources.
     """
     import yaml
 
@@ -91,6 +144,7 @@ def parse_recipe_args(
         preset["stop_at_target"] = known.stop_at_target
     preset_method = preset.pop("method", "graddiff")
     method = known.method or preset_method
+    parser = make_parser(script_args_cls, method)  # an unknown method fails here, before any other message
     if method != preset_method and "retain_weight" in preset:
         # retain_weight means λ, α or γ depending on the method: a preset's value is only valid for its own method.
         print(
@@ -98,7 +152,9 @@ def parse_recipe_args(
             f"{method} uses its own default unless --retain_weight is given.",
             file=sys.stderr,
         )
-    parser = make_parser(script_args_cls, method)
+    if "-h" in rest or "--help" in rest:
+        print_effective_help(parser, preset, known.config, method)
+        raise SystemExit(0)
     check_known_keys(parser, preset, rest, known.config)
     given = set(preset) | set(cli_flag_names(rest))
     extra = []
@@ -233,6 +289,13 @@ def preset_to_argv(values: dict[str, Any]) -> list[str]:
     return argv
 
 
+def announce(config: "UnlearnConfig", message: str) -> None:
+    """One line per phase of a run (data, reference models, scoring, unlearning), from the main process only, so a
+    user sees what the minutes between progress bars are spent on."""
+    if config.process_index == 0:
+        print(f"[hf-unlearn] {message}", flush=True)
+
+
 def check_before_training(
     config: "UnlearnConfig", hub_dry_run_dir: str | None, model_name_or_path: str | None = None
 ) -> Path | None:
@@ -341,6 +404,7 @@ def write_run_outputs(
     printed table."""
     from hf_unlearn.plots import write_run_plots
 
+    announce(config, f"Writing the adapter, metrics, plots and card to {config.output_dir}")
     if trainer.is_world_process_zero():
         output_dir = Path(config.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -349,6 +413,10 @@ def write_run_outputs(
         resolved = {"script": asdict(script_args), "config": json.loads(config.to_json_string())}
         (output_dir / "unlearn_config.json").write_text(json.dumps(resolved, indent=2))
         write_run_plots(output_dir)  # training curves (and gradient conflict, when the method logs it)
+    # Also the Trainer's own `<name>_results.json` + `all_results.json`, which HF tooling and scripts read.
+    for name, per_split in results.items():
+        flat = {f"{split}_{metric}": value for split, values in per_split.items() for metric, value in values.items()}
+        trainer.save_metrics(name, flat)
     trainer.save_model(config.output_dir)
     if dry_run_dir is not None:
         uploaded = trainer.save_for_hub(dry_run_dir)

@@ -151,8 +151,6 @@ def load_data_and_models(script_args: ScriptArguments, seed: int):
 
 def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dict[str, dict[str, float]]]:
     """Train, evaluate and save one unlearning run; returns the `metrics.json` content (on every process)."""
-    from peft import LoraConfig
-
     from hf_unlearn import METHODS
     from hf_unlearn.data.text_collators import QACollator, ensure_pad_token
     from hf_unlearn.data.text_corpus import RETAIN_EVAL_SPLIT
@@ -161,8 +159,10 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     from hf_unlearn.eval.text_evaluator import TextEvaluator, evaluate_text_splits, truth_ratios
 
     from .common import (
+        announce,
         check_before_training,
         final_evaluation,
+        lora_config,
         mean_example_loss,
         prepare_in_one_process,
         stop_at_target_callback,
@@ -177,6 +177,9 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     if config.world_size > 1:
         # Every rank below only reads the caches.
         prepare_in_one_process("hf_unlearn.recipes.llm", script_args, config)
+    announce(
+        config, "Loading the data and models (the embedded corpus and reference models are built once, then cached)"
+    )
     with whole_model_loading():
         splits, tokenizer, model, retrain_model = load_data_and_models(script_args, config.seed)
     ensure_pad_token(tokenizer)
@@ -196,6 +199,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
 
     results = {}
     if retrain_model is not None and evaluator is None:
+        announce(config, "Scoring the exact-retrain model on every split (loss only)")
         retrain_model.to(config.device)
         batch_size = config.per_device_eval_batch_size
         results["retrain"] = {
@@ -204,6 +208,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
         }
         retrain_model.to("cpu")
     elif retrain_model is not None:
+        announce(config, "Scoring the exact-retrain model on every split")
         retrain_model.to(config.device)
         # Forget quality of every model is measured against the retrain model's truth ratios (its own is then 1).
         retrain_model.eval()
@@ -226,13 +231,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
         eval_dataset=eval_splits,
         data_collator=collator,
         processing_class=tokenizer,
-        peft_config=LoraConfig(
-            r=script_args.lora_r,
-            lora_alpha=script_args.lora_alpha,
-            target_modules=script_args.lora_target_modules,
-            lora_dropout=0.0,
-            task_type="CAUSAL_LM",
-        ),
+        peft_config=lora_config(script_args, script_args.lora_target_modules, task_type="CAUSAL_LM"),
         evaluator=evaluator,
     )
 
@@ -244,6 +243,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
         return nested
 
     # The fresh adapter is a no-op (peft initialises lora_B to zero), so this scores the base model.
+    announce(config, "Scoring the base model on every split")
     results = {"base": by_split(trainer.evaluate()), **results}
     datasets = [script_args.dataset_name] if script_args.dataset_name else None
     trainer.set_card_info(metrics=results, datasets=datasets)  # checkpoint cards show base/retrain already
@@ -252,6 +252,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     stop = stop_at_target_callback(script_args.stop_at_target, results, forget_metric)
     if stop is not None:
         trainer.add_callback(stop)
+    announce(config, f"Unlearning with {script_args.method} ({config.max_steps} steps)")
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     # An evaluation of the final (or restored) model during training is reused.
     final = final_evaluation(trainer, "eval_forget_loss")

@@ -127,8 +127,6 @@ def load_data_and_models(script_args: ScriptArguments, seed: int):
 
 def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dict[str, dict[str, float]]]:
     """Train, evaluate and save one unlearning run; returns the `metrics.json` content (on every process)."""
-    from peft import LoraConfig
-
     from hf_unlearn import METHODS
     from hf_unlearn.data import SpeechSeq2SeqCollator, prepare_speech_dataset
     from hf_unlearn.distributed import whole_model_loading
@@ -136,8 +134,10 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     from hf_unlearn.eval.report import metrics_table
 
     from .common import (
+        announce,
         check_before_training,
         final_evaluation,
+        lora_config,
         mean_example_loss,
         prepare_in_one_process,
         stop_at_target_callback,
@@ -152,6 +152,9 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     if config.world_size > 1:
         # Every rank below only reads the caches.
         prepare_in_one_process("hf_unlearn.recipes.whisper", script_args, config)
+    announce(
+        config, "Loading the data and models (the embedded corpus and reference models are built once, then cached)"
+    )
     with whole_model_loading():
         corpus, processor, model, retrain_model = load_data_and_models(script_args, config.seed)
     prepared = {split: prepare_speech_dataset(corpus[split], processor) for split in SPLITS if split in corpus}
@@ -165,12 +168,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
         eval_dataset=prepared,
         data_collator=SpeechSeq2SeqCollator(processor),
         processing_class=processor,
-        peft_config=LoraConfig(
-            r=script_args.lora_r,
-            lora_alpha=script_args.lora_alpha,
-            target_modules=script_args.lora_target_modules,
-            lora_dropout=0.0,
-        ),
+        peft_config=lora_config(script_args, script_args.lora_target_modules),
     )
 
     # WER/CER need generate (eval_generate); without it every model is scored by its mean per-example loss only.
@@ -180,8 +178,10 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
         return {split: {m: prefix_metrics[f"eval_{split}_{m}"] for m in metric_names} for split in prepared}
 
     # The fresh adapter is a no-op (peft initialises lora_B to zero), so this scores the base model.
+    announce(config, "Scoring the base model on every split")
     results = {"base": asr_metrics(trainer.evaluate())}
     if retrain_model is not None:
+        announce(config, "Scoring the exact-retrain model on every split")
         retrain_model.to(trainer.args.device)
         results["retrain"] = {
             split: evaluate_asr(
@@ -202,6 +202,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     stop = stop_at_target_callback(script_args.stop_at_target, results, forget_metric)
     if stop is not None:
         trainer.add_callback(stop)
+    announce(config, f"Unlearning with {script_args.method} ({config.max_steps} steps)")
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     # An evaluation of the final (or restored) model during training is reused.
     final = final_evaluation(trainer, "eval_forget_loss")

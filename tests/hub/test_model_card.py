@@ -70,7 +70,8 @@ def test_card_renders_and_parses_for_every_method(method, tmp_path):
     base_fields = {f.name for f in fields(TrainingArguments)}
     for field in fields(type(trainer.args)):
         if field.name not in base_fields:
-            assert f"| `{field.name}` |" in text, f"hyperparameter {field.name} missing from the card"
+            shown = f"| `{field.name}` |" in text
+            assert shown != (field.name in hub_card.NOT_HYPERPARAMETERS), f"{field.name} shown: {shown}"
     assert "| forget | loss | 0.1250 | 2.2500 | 3.5000 |" in text
     assert "python run.py" in text
     for library in ("torch", "transformers", "peft", "hf_unlearn"):
@@ -136,7 +137,8 @@ def test_dry_run_writes_exactly_the_upload(tmp_path):
 
     vocab = {f"t{i}": i for i in range(VOCAB)}
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")))
-    trainer = make_trainer(tmp_path, "npo", processing_class=tokenizer)
+    trainer = make_trainer(tmp_path, "npo", processing_class=tokenizer, base_name=str(tmp_path / "my-base"))
+    trainer.set_card_info(metrics=RESULTS, command=f"python run.py --output_dir {tmp_path}/out --method npo")
     output_dir = tmp_path / "out"
     (output_dir / "metrics.json").write_text("{}")  # uploaded by push_to_hub, so in the dry run too
     (output_dir / "_scratch.txt").write_text("x")  # Trainer's ignore patterns
@@ -161,6 +163,22 @@ def test_dry_run_writes_exactly_the_upload(tmp_path):
     card = ModelCard.load(tmp_path / "dry" / "README.md")
     assert card.data.library_name == "peft" and "npo" in card.data.tags
     assert not (output_dir / "adapter_model.safetensors").exists()  # output_dir itself is left alone
+
+    # Nothing of this machine's file system in the upload (tmp_path holds output_dir and the base model's name).
+    for path in (tmp_path / "dry").rglob("*"):
+        if path.is_file():
+            assert str(tmp_path).encode() not in path.read_bytes(), f"{path.name} holds a local path"
+    assert json.loads((tmp_path / "dry" / "adapter_config.json").read_text())["base_model_name_or_path"] is None
+    assert card.data.pipeline_tag == "text-generation" and "## How to use" in card.text
+    assert "python run.py --output_dir out --method npo" in card.text  # the command, its paths shortened
+    unlearned = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert unlearned == {
+        ("hf-unlearn/forget", "loss"): 3.5,
+        ("hf-unlearn/forget", "wer"): 0.8,
+        ("hf-unlearn/test", "loss"): 0.75,
+        ("hf-unlearn/test", "wer"): 0.2,
+    }
+    assert "overwrite_output_dir" not in card.text and "LoRA adapter" in card.text
 
     with pytest.raises(FileExistsError, match="not empty"):
         trainer.save_for_hub(tmp_path / "dry")
