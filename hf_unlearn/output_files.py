@@ -22,6 +22,7 @@ TOOLKIT_NAMES = (
     MANIFEST_FILE,
     "README.md",
     "metrics.json",
+    "*_results.json",
     "trainer_state.json",
     "unlearn_config.json",
     "training_args.bin",

@@ -29,8 +29,8 @@ from ..gradients.global_gram import global_gram
 from ..gradients.projection import stacked_orthograd_directions, stacked_projection_diagnostics
 from ..losses import (
     IGNORE_INDEX,
-    align_logits_and_labels,
     model_sequence_log_prob,
+    model_target_logits,
     npo_per_example_loss,
     per_example_loss_from_log_prob,
     sequence_log_prob,
@@ -475,7 +475,7 @@ class OrthoGradTrainer(UnlearnTrainer):
     def _joint_objective(self, model: nn.Module, joint: dict[str, Tensor], num_forget: int, reference: "_Reference"):
         """``(φ [m+k], ℓ [m+k], retain term [k])``: the per-example terms to capture (forget φ, then the retain
         objective: ℓ or KL), the per-example task losses for logging, and the retain objective's values."""
-        logits, labels = _aligned_logits(model, joint, self.model_config)
+        logits, labels = model_target_logits(model, joint, self.model_config)
         log_prob, lengths = sequence_log_prob(logits, labels)
         losses = per_example_loss_from_log_prob(log_prob, lengths)  # ℓ [m+k]; raises on an empty target
         forget_terms = self._forget_objective(log_prob[:num_forget], losses[:num_forget], reference.forget_log_prob)
@@ -491,7 +491,7 @@ class OrthoGradTrainer(UnlearnTrainer):
         is_forget = example.pop("_is_forget")
         ref_log_prob = example.pop("_reference_log_prob")
         ref_token_log_probs = example.pop("_reference_token_log_probs", None)
-        logits, labels = _aligned_logits(model, example, self.model_config)
+        logits, labels = model_target_logits(model, example, self.model_config)
         log_prob, lengths = sequence_log_prob(logits, labels)
         losses = -log_prob / lengths
         forget_ref = ref_log_prob if self.args.forget_loss == "npo" else None
@@ -515,7 +515,7 @@ class OrthoGradTrainer(UnlearnTrainer):
             # Scored on the retain rows of the joint (padded) batch, so positions line up with the policy's logits.
             retain = {k: v[num_forget:] if isinstance(v, Tensor) else v for k, v in joint.items()}
             reference.retain_log_probs = reference_log_prob(
-                self.reference, unwrapped, lambda m: _log_softmax(_aligned_logits(m, retain, self.model_config)[0])
+                self.reference, unwrapped, lambda m: _log_softmax(model_target_logits(m, retain, self.model_config)[0])
             )
         return reference
 
@@ -728,18 +728,6 @@ class _Reference:
 
     forget_log_prob: Tensor | None = None
     retain_log_probs: Tensor | None = None
-
-
-def _aligned_logits(model: nn.Module, inputs: dict[str, Tensor], config) -> tuple[Tensor, Tensor]:
-    """``(logits [B, T, V], labels [B, T])`` aligned so that logits[:, t] predicts labels[:, t]; the same model call
-    as `losses.model_sequence_log_prob` (labels out of the call, decoder inputs derived from the labels)."""
-    inputs = dict(inputs)
-    labels = inputs.pop("labels")
-    is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
-    if is_encoder_decoder and "decoder_input_ids" not in inputs:
-        inputs["decoder_input_ids"] = shift_labels_right(labels, config.pad_token_id, config.decoder_start_token_id)
-    logits = model(**inputs).logits
-    return align_logits_and_labels(logits, labels, is_encoder_decoder)
 
 
 def _log_softmax(logits: Tensor) -> Tensor:

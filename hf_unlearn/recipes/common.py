@@ -276,6 +276,17 @@ def final_evaluation(trainer: Any, key: str) -> dict[str, float]:
     return final if final is not None else trainer.evaluate()
 
 
+def flat_metrics(nested: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """`{split: {metric: value}}` (any depth) as `{"split_metric": value}`, the shape `Trainer.save_metrics` writes."""
+    flat: dict[str, float] = {}
+    for key, value in nested.items():
+        if isinstance(value, dict):
+            flat.update(flat_metrics(value, f"{prefix}{key}_"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def preset_to_argv(values: dict[str, Any]) -> list[str]:
     """A flat YAML mapping as command-line flags (lists as several values, booleans as true/false)."""
     argv = []
@@ -413,10 +424,14 @@ def write_run_outputs(
         resolved = {"script": asdict(script_args), "config": json.loads(config.to_json_string())}
         (output_dir / "unlearn_config.json").write_text(json.dumps(resolved, indent=2))
         write_run_plots(output_dir)  # training curves (and gradient conflict, when the method logs it)
-    # Also the Trainer's own `<name>_results.json` + `all_results.json`, which HF tooling and scripts read.
-    for name, per_split in results.items():
-        flat = {f"{split}_{metric}": value for split, values in per_split.items() for metric, value in values.items()}
-        trainer.save_metrics(name, flat)
+    # Also the Trainer's own `<model>_results.json` + `all_results.json`, which HF tooling and scripts read;
+    # top-level scores of the run (a classifier's avg_gap, uis) go to `summary_results.json`.
+    summary = {name: value for name, value in results.items() if not isinstance(value, dict)}
+    for name, per_model in results.items():
+        if isinstance(per_model, dict):
+            trainer.save_metrics(name, flat_metrics(per_model))
+    if summary:
+        trainer.save_metrics("summary", summary)
     trainer.save_model(config.output_dir)
     if dry_run_dir is not None:
         uploaded = trainer.save_for_hub(dry_run_dir)
