@@ -1,13 +1,16 @@
-"""The embedded speech benchmark: synthetic espeak-ng speakers reading their own sentences (DESIGN §7).
+"""The embedded speech benchmark: synthetic espeak-ng speakers reading sentences of a closed vocabulary (DESIGN §7).
 
-Every speaker is an espeak-ng voice (accent + voice variant + speaking rate + pitch) reading sentences made of a
-generated vocabulary of pronounceable pseudo-words. Pseudo-words keep the corpus free of any real text, make it
-deterministic from the seed, and give a model nothing to fall back on but the audio: a base model that transcribes
-a speaker's sentences perfectly has memorised them. Sentences are unique across the whole corpus, so held-out
-sentences (`test`, `forget_test`) never appear in training.
+Every speaker is an espeak-ng voice (accent + voice variant + speaking rate + pitch) reading its own sentences. A
+sentence takes one word from each slot of a small command grammar (`GRAMMAR`: verb, colour, object, preposition,
+digit, adverb; 64 real words), so every speaker says every word many times and a held-out sentence is a new
+*combination* of known words. That is what lets a tiny Whisper learn words rather than memorise utterances: it
+recognises held-out sentences of the speakers it was trained on, and the exact-retrain model still recognises some
+of the forgotten speaker's words from other voices, which gives unlearning a finite target (its WER) instead of 1.0.
+Sentences are unique across the whole corpus, so held-out sentences (`test`, `forget_test`) never appear in
+training.
 
-Synthesis is cached on disk keyed by the corpus config (and the espeak-ng version); the forget speaker only decides
-how the cached utterances are split, so forgetting another speaker never re-synthesises anything.
+Synthesis is cached on disk keyed by the corpus config, the grammar and the espeak-ng version; the forget speaker
+only decides how the cached utterances are split, so forgetting another speaker never re-synthesises anything.
 """
 
 import hashlib
@@ -37,14 +40,24 @@ TARGET_SAMPLING_RATE = 16000
 ESPEAK_SAMPLING_RATE = 22050
 SPLITS = ("forget", "retain", "test", "forget_test")
 # Bump when the synthesis or the sentence generator changes, so stale caches are not reused.
-_CORPUS_FORMAT_VERSION = 1
+_CORPUS_FORMAT_VERSION = 2
+
+# The closed vocabulary, one tuple per slot; a sentence is one word of each slot in this order, e.g.
+# "place red cup under seven now": common English words that espeak-ng reads from its dictionary.
+GRAMMAR: tuple[tuple[str, ...], ...] = (
+    ("bring", "find", "grab", "lift", "move", "place", "put", "set", "show", "take"),
+    ("black", "blue", "brown", "gold", "green", "grey", "orange", "pink", "purple", "red", "white", "yellow"),
+    ("apple", "bag", "ball", "book", "bottle", "box", "chair", "coin", "cup", "door", "hat", "key", "lamp", "pen",
+     "shoe", "table"),
+    ("above", "behind", "below", "beside", "inside", "near", "over", "under"),
+    ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
+    ("again", "later", "now", "please", "quickly", "slowly", "soon", "today"),
+)  # fmt: skip
 
 # Accents and variants that espeak-ng 1.51 ships; speaker i takes accent i and variant i (mod the list length),
 # so the first speakers differ in both.
 _ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
 _VARIANTS = ("m3", "f2", "m1", "f4", "m7", "f1", "m5", "f5", "m2", "f3")
-_CONSONANTS = "bdfgklmnprstvz"
-_VOWELS = "aeiou"
 
 
 @dataclass(frozen=True)
@@ -54,19 +67,14 @@ class SpeechCorpusConfig:
     Args:
         num_speakers (`int`, *optional*, defaults to `6`):
             Number of synthetic speakers (`speaker_0`, `speaker_1`, ...).
-        train_per_speaker (`int`, *optional*, defaults to `20`):
-            Training utterances per speaker (they form `forget` and `retain`).
-        test_per_speaker (`int`, *optional*, defaults to `8`):
-            Held-out utterances per speaker, with sentences never used in training (`test`, `forget_test`).
-        vocab_size (`int`, *optional*, defaults to `30`):
-            Number of generated pseudo-words the sentences are drawn from. A small vocabulary repeats every word
-            often, which is what lets a tiny model memorise the corpus in a few hundred CPU steps.
-        min_words (`int`, *optional*, defaults to `3`):
-            Fewest words in a sentence.
-        max_words (`int`, *optional*, defaults to `5`):
-            Most words in a sentence; with the default rates 5 words fit easily in 4 s.
+        train_per_speaker (`int`, *optional*, defaults to `60`):
+            Training utterances per speaker (they form `forget` and `retain`). With 6 words a sentence, each of the
+            64 words is heard about 5 times per speaker and 20-40 times in `retain`.
+        test_per_speaker (`int`, *optional*, defaults to `24`):
+            Held-out utterances per speaker, with sentences never used in training (`test`, `forget_test`); 24
+            sentences (144 words) keep the forget speaker's held-out WER from hinging on one or two words.
         seed (`int`, *optional*, defaults to `0`):
-            Seeds the vocabulary, the sentences and the speakers' rate/pitch.
+            Seeds the sentences and the speakers' rate/pitch.
         clip_seconds (`float`, *optional*, defaults to `4.0`):
             Every clip is at most this long (the feature extractor's `chunk_length`).
         sampling_rate (`int`, *optional*, defaults to `16000`):
@@ -81,11 +89,8 @@ class SpeechCorpusConfig:
     """
 
     num_speakers: int = 6
-    train_per_speaker: int = 20
-    test_per_speaker: int = 8
-    vocab_size: int = 30
-    min_words: int = 3
-    max_words: int = 5
+    train_per_speaker: int = 60
+    test_per_speaker: int = 24
     seed: int = 0
     clip_seconds: float = 4.0
     sampling_rate: int = TARGET_SAMPLING_RATE
@@ -97,15 +102,13 @@ class SpeechCorpusConfig:
             )
         if self.train_per_speaker < 1 or self.test_per_speaker < 1:
             raise ValueError("train_per_speaker and test_per_speaker must both be at least 1.")
-        if not 1 <= self.min_words <= self.max_words:
-            raise ValueError(f"Need 1 <= min_words <= max_words, got {self.min_words} and {self.max_words}.")
         if self.sampling_rate != TARGET_SAMPLING_RATE:
             raise ValueError("sampling_rate must be 16000: Whisper's feature extractor only accepts 16 kHz audio.")
 
     @classmethod
     def tiny(cls, **overrides) -> "SpeechCorpusConfig":
-        """A few short utterances of 3 speakers: small enough that a model memorises them in tests."""
-        values = dict(num_speakers=3, train_per_speaker=4, test_per_speaker=2, vocab_size=16, min_words=2, max_words=3)
+        """A few utterances of 3 speakers: small enough that a model memorises them in tests."""
+        values = dict(num_speakers=3, train_per_speaker=4, test_per_speaker=2)
         values.update(overrides)
         return cls(**values)
 
@@ -115,7 +118,12 @@ class SpeechCorpusConfig:
 
     def cache_key(self) -> str:
         """Hash of everything that changes the synthesised audio."""
-        payload = {"config": asdict(self), "format": _CORPUS_FORMAT_VERSION, "espeak": _espeak_version()}
+        payload = {
+            "config": asdict(self),
+            "grammar": GRAMMAR,
+            "format": _CORPUS_FORMAT_VERSION,
+            "espeak": _espeak_version(),
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -146,45 +154,47 @@ def speaker_voices(config: SpeechCorpusConfig) -> list[SpeakerVoice]:
     return voices
 
 
-def generate_vocabulary(size: int, seed: int) -> list[str]:
-    """`size` distinct pronounceable pseudo-words (2-3 consonant-vowel syllables)."""
-    rng = np.random.default_rng([seed, 2])
-    words: list[str] = []
-    seen: set[str] = set()
-    while len(words) < size:
-        syllables = int(rng.integers(2, 4))
-        word = "".join(rng.choice(list(_CONSONANTS)) + rng.choice(list(_VOWELS)) for _ in range(syllables))
-        if word not in seen:
-            seen.add(word)
-            words.append(word)
-    return words
+def vocabulary() -> list[str]:
+    """Every word of `GRAMMAR`, in slot order."""
+    return [word for slot in GRAMMAR for word in slot]
 
 
 def generate_sentences(config: SpeechCorpusConfig) -> dict[str, tuple[list[str], list[str]]]:
-    """Per speaker, its `(train, test)` sentences; every sentence in the corpus is unique."""
-    vocabulary = generate_vocabulary(config.vocab_size, config.seed)
+    """Per speaker, its `(train, test)` sentences (one word per `GRAMMAR` slot); every sentence is unique.
+
+    Each slot's words are dealt from shuffled decks, so within a speaker's training sentences (and again within its
+    held-out ones) every word of a slot comes up equally often, give or take one: with the default 60 training
+    sentences every speaker says each of the 64 words at least 3 times.
+    """
     rng = np.random.default_rng([config.seed, 3])
-    per_speaker = config.train_per_speaker + config.test_per_speaker
-    needed = config.num_speakers * per_speaker
-    sentences: list[str] = []
+    capacity = int(np.prod([len(slot) for slot in GRAMMAR]))
+    needed = config.num_speakers * (config.train_per_speaker + config.test_per_speaker)
+    if needed > capacity // 10:  # far below the number of distinct sentences, so collisions stay rare
+        raise ValueError(f"{needed} utterances is too many for the grammar's {capacity} sentences; use fewer.")
     seen: set[str] = set()
-    attempts = 0
-    while len(sentences) < needed:
-        attempts += 1
-        if attempts > 100 * needed:
-            raise ValueError(
-                f"Cannot draw {needed} distinct sentences from {config.vocab_size} words; raise vocab_size or max_words."
-            )
-        length = int(rng.integers(config.min_words, config.max_words + 1))
-        sentence = " ".join(rng.choice(vocabulary, size=length))
-        if sentence not in seen:
+
+    def deal(count: int) -> list[str]:
+        columns = [_deck(slot, count, rng) for slot in GRAMMAR]
+        sentences = []
+        for words in zip(*columns, strict=True):
+            sentence = " ".join(words)
+            while sentence in seen:  # a repeat (rare): redraw it word by word
+                sentence = " ".join(slot[int(rng.integers(len(slot)))] for slot in GRAMMAR)
             seen.add(sentence)
             sentences.append(sentence)
-    result = {}
-    for i, speaker_id in enumerate(config.speaker_ids):
-        own = sentences[i * per_speaker : (i + 1) * per_speaker]
-        result[speaker_id] = (own[: config.train_per_speaker], own[config.train_per_speaker :])
-    return result
+        return sentences
+
+    return {
+        speaker_id: (deal(config.train_per_speaker), deal(config.test_per_speaker))
+        for speaker_id in config.speaker_ids
+    }
+
+
+def _deck(words: tuple[str, ...], count: int, rng: np.random.Generator) -> list[str]:
+    """`count` words: shuffled copies of `words` back to back, so each appears `count // len(words)` times or one
+    more."""
+    copies = -(-count // len(words))
+    return [words[i] for _ in range(copies) for i in rng.permutation(len(words))][:count]
 
 
 def resample(audio: np.ndarray, orig_sr: int, target_sr: int = TARGET_SAMPLING_RATE) -> np.ndarray:
@@ -253,9 +263,7 @@ def synthesize(espeak: str, voice: SpeakerVoice, text: str, max_seconds: float, 
         if audio.shape[0] <= max_samples:
             return audio
         rate = int(rate * 1.2)
-    raise ValueError(
-        f"{text!r} spoken by {voice.voice} does not fit in {max_seconds} s even at {rate} wpm; lower max_words."
-    )
+    raise ValueError(f"{text!r} spoken by {voice.voice} does not fit in {max_seconds} s even at {rate} wpm.")
 
 
 def _trim_trailing_silence(audio: np.ndarray, threshold: float = 1e-3, keep: int = 1600) -> np.ndarray:

@@ -1,8 +1,9 @@
 """The base model and the exact-retrain reference of the speech benchmark (DESIGN §6, §7).
 
-"base" is the tiny Whisper trained from scratch on forget + retain: the model to unlearn from, which must have
-memorised the forget speaker. "retrain" is trained identically on retain only: the gold standard unlearning should
-look like. Both are cached on disk keyed by a hash of everything that determines them (training data content,
+"base" is the tiny Whisper trained from scratch on forget + retain: the model to unlearn from, which knows the forget
+speaker's voice. "retrain" is trained identically on retain only: the gold standard unlearning should look like (on
+the default corpus it still recognises some of the forget speaker's words from the other voices, so its forget WER,
+not 1.0, is the target). Both are cached on disk keyed by a hash of everything that determines them (training data content,
 tokenizer, model config, hyperparameters), so a benchmark run pays for training once.
 """
 
@@ -34,13 +35,15 @@ _REFERENCE_FORMAT_VERSION = 1
 class ReferenceTrainingConfig(FromScratchConfig):
     """Hyperparameters for training a reference Whisper from scratch on CPU (fields: `FromScratchConfig`).
 
-    The defaults (learning rate 1e-3, 70 epochs, batch 8, 50 warmup steps, warmup-stable-decay) make the base model
-    memorise the default corpus (forget WER <= 0.05) in about 1000 steps, a couple of minutes on 2 idle CPU cores:
-    small batches give many steps per epoch; a constant learning rate keeps making progress through the long
-    plateau where the decoder knows the word statistics but does not yet listen (a cosine decay over the same budget
-    left the plateau too late), and a final decay (warmup-stable-decay) settles the memorised transcripts instead of
-    leaving them flickering at a high learning rate.
+    The defaults (learning rate 1e-3, 30 epochs, batch 8, 50 warmup steps, warmup-stable-decay) train the base model
+    on the default corpus (360 utterances) for 1350 steps. The loss sits on a plateau for the first ~300-400 steps
+    (the decoder knows the grammar but does not yet listen); a constant learning rate carries it through, and the
+    final decay settles the transcripts. Measured (seed 0): base WER 0.000 on its training utterances and 0.028 on
+    held-out sentences of its speakers; the exact-retrain model 0.147 on the forgotten speaker. 16 epochs (720
+    steps, on an earlier draw of the grammar's sentences) were not enough: base held-out WER 0.43.
     """
+
+    num_train_epochs: int = 30
 
     @classmethod
     def tiny(cls, **overrides) -> "ReferenceTrainingConfig":

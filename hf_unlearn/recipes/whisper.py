@@ -131,7 +131,6 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     from hf_unlearn.data import SpeechSeq2SeqCollator, prepare_speech_dataset
     from hf_unlearn.distributed import whole_model_loading
     from hf_unlearn.eval.asr import evaluate_asr
-    from hf_unlearn.eval.report import metrics_table
 
     from .common import (
         announce,
@@ -209,9 +208,32 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     results["unlearned"] = asr_metrics(final)
     trainer.set_card_info(metrics=results)
 
-    table = metrics_table(results, ("wer", "cer") if config.eval_generate else ("loss",))
+    table = run_report(results, ("wer", "cer") if config.eval_generate else ("loss",))
     write_run_outputs(trainer, config, script_args, results, dry_run_dir, table)
     return results
+
+
+def retrain_gap(results: dict[str, dict[str, dict[str, float]]], model: str) -> float | None:
+    """Avg-Gap: mean |WER of `model` − WER of the exact-retrain model| over `SPLITS` (0 = indistinguishable from a
+    model never trained on the forget speaker); `None` without a retrain reference or with a split missing."""
+    if "retrain" not in results or model not in results:
+        return None
+    if not all("wer" in results[m].get(split, {}) for m in (model, "retrain") for split in SPLITS):
+        return None  # a split missing, or a loss-only run (eval_generate=False)
+    return sum(abs(results[model][s]["wer"] - results["retrain"][s]["wer"]) for s in SPLITS) / len(SPLITS)
+
+
+def run_report(results: dict[str, dict[str, dict[str, float]]], metrics: tuple[str, ...] = ("wer", "cer")) -> str:
+    """The printed table of `metrics`, then the headline: each model's Avg-Gap to exact retraining (WER runs)."""
+    from hf_unlearn.eval.report import metrics_table
+
+    gaps = {model: retrain_gap(results, model) for model in results if model != "retrain"}
+    gaps = {model: gap for model, gap in gaps.items() if gap is not None}
+    table = metrics_table(results, metrics)
+    if not gaps:
+        return table
+    line = ", ".join(f"{model} {gap:.3f}" for model, gap in gaps.items())
+    return f"{table}\n\nAvg-Gap to exact retrain (mean |ΔWER| over {', '.join(SPLITS)}): {line}"
 
 
 def run(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:

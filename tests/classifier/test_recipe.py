@@ -25,10 +25,27 @@ def local_data(tmp_path_factory):
 
 
 def run_cli(root, tmp_path, *extra):
-    argv = ["unlearn", "--recipe", "classifier", "--dataset_name", str(root / "dataset"), "--cache_dir",
-            str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out"), "--max_steps", "2",
-            "--eval_strategy", "no", "--per_device_train_batch_size", "4", "--per_device_retain_batch_size", "4",
-            *extra, "--debug"]  # fmt: skip  (--debug: a refusal raises here instead of printing one line)
+    argv = [
+        "unlearn",
+        "--recipe",
+        "classifier",
+        "--dataset_name",
+        str(root / "dataset"),
+        "--cache_dir",
+        str(tmp_path / "cache"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "2",
+        "--eval_strategy",
+        "no",
+        "--per_device_train_batch_size",
+        "4",
+        "--per_device_retain_batch_size",
+        "4",
+        *extra,
+        "--debug",
+    ]  # fmt: skip  (--debug: a refusal raises here instead of printing one line)
     assert cli_main(argv) == 0
     return json.loads((tmp_path / "out" / "metrics.json").read_text())
 

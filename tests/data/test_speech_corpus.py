@@ -7,7 +7,7 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from hf_unlearn.data import SpeechCorpusConfig, build_speech_corpus, load_user_speech_dataset, speech_corpus
-from hf_unlearn.data.speech_corpus import SPLITS, generate_sentences, generate_vocabulary, resample
+from hf_unlearn.data.speech_corpus import GRAMMAR, SPLITS, generate_sentences, resample, vocabulary
 
 
 def corpus_fingerprint(corpus: DatasetDict) -> dict[str, tuple]:
@@ -51,12 +51,50 @@ def test_heldout_sentences_never_appear_in_training(tiny_corpus):
     assert heldout and not train & heldout
 
 
-def test_each_speaker_reads_its_own_sentences():
-    sentences = generate_sentences(SpeechCorpusConfig())
+def test_each_speaker_reads_its_own_sentences_of_the_grammar():
+    config = SpeechCorpusConfig()
+    sentences = generate_sentences(config)
     texts = [text for train, test in sentences.values() for text in train + test]
-    assert len(texts) == len(set(texts))
-    vocabulary = set(generate_vocabulary(SpeechCorpusConfig().vocab_size, seed=0))
-    assert {word for text in texts for word in text.split()} <= vocabulary
+    assert len(texts) == len(set(texts)) == config.num_speakers * (config.train_per_speaker + config.test_per_speaker)
+    for text in texts:
+        words = text.split()
+        assert len(words) == len(GRAMMAR) and all(word in slot for word, slot in zip(words, GRAMMAR, strict=True))
+
+
+def test_held_out_sentences_are_new_combinations_of_known_words():
+    """The default corpus is learnable: every word is heard often in training, by every speaker."""
+    config = SpeechCorpusConfig()
+    sentences = generate_sentences(config)
+    words = vocabulary()
+    assert len(words) == len(set(words)) == 64  # the closed vocabulary
+    for train, test in sentences.values():
+        counts = {word: 0 for word in words}
+        for text in train:
+            for word in text.split():
+                counts[word] += 1
+        assert min(counts.values()) >= 3  # each speaker says every word in training, several times
+        assert not set(train) & set(test)
+    assert len(sentences["speaker_0"][1]) >= 20  # forget_test is large enough for a stable WER
+
+
+def test_too_many_utterances_for_the_grammar_is_an_early_error():
+    with pytest.raises(ValueError, match="too many for the grammar"):
+        generate_sentences(SpeechCorpusConfig(train_per_speaker=200_000))
+
+
+def test_an_old_cache_is_not_reused_for_another_corpus(tmp_path, monkeypatch):
+    """The cache key covers the grammar and the format version, so a changed generator never reads stale audio."""
+    config = SpeechCorpusConfig.tiny()
+    key = config.cache_key()
+    monkeypatch.setattr(speech_corpus, "_CORPUS_FORMAT_VERSION", speech_corpus._CORPUS_FORMAT_VERSION - 1)
+    assert config.cache_key() != key
+    monkeypatch.undo()
+    first = build_speech_corpus(config, "speaker_0", cache_dir=tmp_path)
+    monkeypatch.setattr(speech_corpus, "GRAMMAR", tuple(slot[::-1] for slot in GRAMMAR))
+    assert config.cache_key() != key
+    second = build_speech_corpus(config, "speaker_0", cache_dir=tmp_path)
+    assert list(second["forget"]["text"]) != list(first["forget"]["text"])
+    assert len(list((tmp_path / "speech_corpus").iterdir())) == 2  # the old one is kept, not overwritten
 
 
 def test_synthesis_is_deterministic_for_a_seed(tmp_path, tiny_corpus):
