@@ -55,3 +55,16 @@ def test_llm_prepare_only_builds_the_caches_and_writes_no_run(tmp_path, capsys):
     assert llm.run(["--prepare_only", "true", "--corpus_preset", "tiny", "--output_dir", str(output_dir)]) == {}
     assert not output_dir.exists()
     assert "| model |" not in capsys.readouterr().out
+
+
+def test_pretrained_kwargs_map_trls_loading_flags():
+    import torch
+
+    from hf_unlearn.recipes.common import RecipeArguments, pretrained_kwargs
+
+    assert pretrained_kwargs(RecipeArguments()) == {"revision": "main"}  # dtype left to the checkpoint
+    assert pretrained_kwargs(RecipeArguments(model_revision="v1", dtype="bfloat16")) == {
+        "revision": "v1",
+        "dtype": torch.bfloat16,
+    }
+    assert pretrained_kwargs(RecipeArguments(dtype="auto"))["dtype"] == "auto"

@@ -63,7 +63,6 @@ class ScriptArguments(RecipeArguments):
         default=None,
         metadata={"help": "Image-classification dataset (Hub name or local dir; image/label). Default: the digits."},
     )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of a Hub dataset."})
     test_split: str = field(
         default="test", metadata={"help": "Held-out split of a user dataset (else 20 % of train)."}
     )
@@ -116,7 +115,7 @@ def load_splits(script_args: ScriptArguments, seed: int) -> dict[str, Any]:
     if script_args.dataset_name is None:
         dataset = build_digits_dataset(cache_dir=script_args.cache_dir)
     else:
-        dataset = load_image_dataset(script_args.dataset_name, script_args.dataset_config_name, script_args.test_split)
+        dataset = load_image_dataset(script_args.dataset_name, script_args.dataset_config, script_args.test_split)
     if "id" not in dataset["train"].column_names:
         # Ids name the rows in the reference caches and the model card's forget fingerprint.
         dataset["train"] = dataset["train"].add_column("id", [f"train-{i}" for i in range(len(dataset["train"]))])
@@ -138,10 +137,12 @@ def load_models(script_args: ScriptArguments, splits: dict[str, Any], seed: int)
 
     from hf_unlearn.models.tiny_classifier import ClassifierTrainingConfig, train_classifier_reference, training_rows
 
+    from .common import pretrained_kwargs
+
     classes = num_classes(splits)
     checkpoint = script_args.model_name_or_path
     if checkpoint is not None and not script_args.train_references:
-        head = AutoConfig.from_pretrained(checkpoint).num_labels
+        head = AutoConfig.from_pretrained(checkpoint, revision=script_args.model_revision).num_labels
         if head != classes:
             raise ValueError(
                 f"{checkpoint} has a head of {head} classes but the dataset has {classes}: pass "
@@ -149,8 +150,8 @@ def load_models(script_args: ScriptArguments, splits: dict[str, Any], seed: int)
                 "checkpoint already trained on these classes."
             )
         return (
-            AutoModelForImageClassification.from_pretrained(checkpoint),
-            AutoImageProcessor.from_pretrained(checkpoint),
+            AutoModelForImageClassification.from_pretrained(checkpoint, **pretrained_kwargs(script_args)),
+            AutoImageProcessor.from_pretrained(checkpoint, revision=script_args.model_revision),
             None,
         )
     training = ClassifierTrainingConfig(seed=seed)

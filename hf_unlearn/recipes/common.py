@@ -37,6 +37,20 @@ class RecipeArguments:
     train_retrain_reference: bool = field(
         default=True, metadata={"help": "Embedded default: also train (and cache) the exact-retrain reference."}
     )
+    dataset_config: str | None = field(
+        default=None,
+        metadata={"help": "Configuration (subset) of a Hub dataset given by --dataset_name (trl's flag)."},
+    )
+    model_revision: str = field(
+        default="main", metadata={"help": "Branch, tag or commit of a Hub --model_name_or_path (trl's flag)."}
+    )
+    dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dtype the --model_name_or_path weights load in (trl's flag); default: as saved.",
+            "choices": ["auto", "float32", "bfloat16", "float16"],
+        },
+    )
     use_peft: bool = field(
         default=True,
         metadata={"help": "Train a LoRA adapter (peft); false fine-tunes every weight of the model (trl's flag)."},
@@ -80,6 +94,16 @@ def lora_config(script_args: RecipeArguments, target_modules: list[str], **extra
         target_modules=target_modules,
         **extra,
     )
+
+
+def pretrained_kwargs(script_args: RecipeArguments) -> dict[str, Any]:
+    """`from_pretrained` keyword arguments for a user's `--model_name_or_path` (revision, and dtype when given)."""
+    kwargs: dict[str, Any] = {"revision": script_args.model_revision}
+    if script_args.dtype is not None:
+        import torch
+
+        kwargs["dtype"] = script_args.dtype if script_args.dtype == "auto" else getattr(torch, script_args.dtype)
+    return kwargs
 
 
 def make_parser(script_args_cls: type, method: str) -> "HfArgumentParser":

@@ -62,7 +62,6 @@ class ScriptArguments(RecipeArguments):
         default=None,
         metadata={"help": "QA dataset (Hub name or local dir) with TOFU's columns. Default: the embedded one."},
     )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of a Hub dataset."})
     forget_split: str = field(default="forget", metadata={"help": "Split of a user dataset to forget."})
     retain_split: str = field(
         default="retain", metadata={"help": "Split of a user dataset to retain (TOFU: forget10 implies retain90)."}
@@ -105,10 +104,12 @@ def load_data_and_models(script_args: ScriptArguments, seed: int):
 
     from hf_unlearn.data.text_corpus import TextCorpusConfig, build_text_corpus, load_user_qa_dataset
 
+    from .common import pretrained_kwargs
+
     if script_args.dataset_name is not None:
         splits = load_user_qa_dataset(
             script_args.dataset_name,
-            config_name=script_args.dataset_config_name,
+            config_name=script_args.dataset_config,
             forget_split=script_args.forget_split,
             retain_split=script_args.retain_split,
             holdout_split=script_args.holdout_split,
@@ -120,8 +121,8 @@ def load_data_and_models(script_args: ScriptArguments, seed: int):
         splits = dict(build_text_corpus(corpus_config, cache_dir=script_args.cache_dir))
 
     if script_args.model_name_or_path is not None:
-        tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(script_args.model_name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path, revision=script_args.model_revision)
+        model = AutoModelForCausalLM.from_pretrained(script_args.model_name_or_path, **pretrained_kwargs(script_args))
         return splits, tokenizer, model, None
     if script_args.dataset_name is not None:
         raise SystemExit("A user dataset needs --model_name_or_path: the embedded tiny Llama only knows its corpus.")

@@ -92,6 +92,8 @@ def load_data_and_models(script_args: ScriptArguments, seed: int):
     from hf_unlearn.data import SpeechCorpusConfig, build_speech_corpus, load_user_speech_dataset
     from hf_unlearn.models.reference import ReferenceTrainingConfig, train_reference_model
 
+    from .common import pretrained_kwargs
+
     if script_args.dataset_name is not None:
         corpus = load_user_speech_dataset(
             script_args.dataset_name,
@@ -99,14 +101,19 @@ def load_data_and_models(script_args: ScriptArguments, seed: int):
             audio_column=script_args.audio_column,
             text_column=script_args.text_column,
             speaker_column=script_args.speaker_column,
+            **({"name": script_args.dataset_config} if script_args.dataset_config else {}),
         )
     else:
         corpus_config = SpeechCorpusConfig.tiny() if script_args.corpus_preset == "tiny" else SpeechCorpusConfig()
         corpus = build_speech_corpus(corpus_config, script_args.forget_speaker, cache_dir=script_args.cache_dir)
 
     if script_args.model_name_or_path is not None:
-        processor = WhisperProcessor.from_pretrained(script_args.model_name_or_path)
-        model = WhisperForConditionalGeneration.from_pretrained(script_args.model_name_or_path)
+        processor = WhisperProcessor.from_pretrained(
+            script_args.model_name_or_path, revision=script_args.model_revision
+        )
+        model = WhisperForConditionalGeneration.from_pretrained(
+            script_args.model_name_or_path, **pretrained_kwargs(script_args)
+        )
         return corpus, processor, model, None
 
     if script_args.dataset_name is not None:

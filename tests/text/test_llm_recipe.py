@@ -97,9 +97,21 @@ def test_recipe_with_a_locally_saved_model_and_dataset(default_run, tmp_path):
     DatasetDict({tofu: corpus[ours] for tofu, ours in tofu_names.items()}).save_to_disk(str(data))
     output_dir = tmp_path / "out"
     result = run_recipe(
-        "--model_name_or_path", str(local), "--dataset_name", str(data), "--output_dir", str(output_dir),
-        "--method", "npo", "--forget_split", "forget10",
-    )  # fmt: skip
+        "--model_name_or_path",
+        str(local),
+        "--dataset_name",
+        str(data),
+        "--output_dir",
+        str(output_dir),
+        "--method",
+        "npo",
+        "--forget_split",
+        "forget10",
+        "--dtype",
+        "float32",
+        "--model_revision",
+        "main",
+    )  # fmt: skip  (trl's loading flags go through from_pretrained; a local folder has no revisions)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "no pad token" in result.stderr
     metrics = json.loads((output_dir / "metrics.json").read_text())
