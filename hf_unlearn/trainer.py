@@ -3,6 +3,7 @@
 import logging
 import os
 import shutil
+import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -130,7 +131,13 @@ class UnlearnTrainer(Trainer):
             # The adapter's random init must follow args.seed, not whatever consumed the global RNG before (e.g.
             # training a reference model in the same process); Trainer only seeds later, in super().__init__.
             set_seed(args.seed)
-            model = get_peft_model(model, peft_config)
+            with warnings.catch_warnings():
+                # peft (checked 0.21.2) reads `model.is_gradient_checkpointing`, which transformers (5.x) deprecates
+                # with a FutureWarning on every run; nothing for the user to do. Drop when peft reads the new name.
+                warnings.filterwarnings(
+                    "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
+                )
+                model = get_peft_model(model, peft_config)
         _check_trainable_parameters(model)
         _check_vocabulary_fits(model, processing_class)
 
