@@ -289,6 +289,18 @@ def stop_at_target_callback(stop_at_target: str | None, results: dict, metric: s
     return StopAtForgetTarget(target=target, metric=metric)
 
 
+def unlearn(trainer: Any, config: "UnlearnConfig", script_args: Any, results: dict, forget_metric: str) -> dict:
+    """Train (resuming when asked, stopping at `--stop_at_target` on the forget split's `forget_metric`, the loss in
+    a loss-only run) and return the metrics of the model the run ends with."""
+    metric = forget_metric if config.eval_generate else "loss"
+    stop = stop_at_target_callback(script_args.stop_at_target, results, metric)
+    if stop is not None:
+        trainer.add_callback(stop)
+    announce(config, f"Unlearning with {script_args.method} ({config.max_steps} steps)")
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    return final_evaluation(trainer, "eval_forget_loss")
+
+
 def final_evaluation(trainer: Any, key: str) -> dict[str, float]:
     """Metrics of the model the run ends with: the logged evaluation of the restored best checkpoint
     (`load_best_model_at_end`) or of the last step, else a fresh evaluation."""

@@ -142,11 +142,10 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     from .common import (
         announce,
         check_before_training,
-        final_evaluation,
         lora_config,
         mean_example_loss,
         prepare_in_one_process,
-        stop_at_target_callback,
+        unlearn,
         write_run_outputs,
     )
 
@@ -203,15 +202,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
         }
     datasets = [script_args.dataset_name] if script_args.dataset_name else None
     trainer.set_card_info(metrics=results, datasets=datasets)  # checkpoint cards show base/retrain already
-    # Without generate (eval_generate=False) the forget loss is the only metric a target can be set on.
-    forget_metric = "wer" if config.eval_generate else "loss"
-    stop = stop_at_target_callback(script_args.stop_at_target, results, forget_metric)
-    if stop is not None:
-        trainer.add_callback(stop)
-    announce(config, f"Unlearning with {script_args.method} ({config.max_steps} steps)")
-    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-    # An evaluation of the final (or restored) model during training is reused.
-    final = final_evaluation(trainer, "eval_forget_loss")
+    final = unlearn(trainer, config, script_args, results, "wer")
     results["unlearned"] = asr_metrics(final)
     trainer.set_card_info(metrics=results)
 
