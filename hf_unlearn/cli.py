@@ -18,6 +18,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from .help_cache import cached_help
+
 
 # Recipe name → module with `run(argv) -> metrics`.
 RECIPES = {
@@ -75,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = make_parser().parse_known_args(argv)
     if args.command == "unlearn":
         try:
-            importlib.import_module(RECIPES[args.recipe]).run(rest)
+            if "-h" in rest or "--help" in rest:
+                print(cached_help(args.recipe, rest, lambda: run_recipe(args.recipe, rest)), end="")
+                return 0
+            run_recipe(args.recipe, rest)
         except USER_ERRORS as error:
             if debug:
                 raise
@@ -93,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         return report(args.output_dir, plots=args.plots)
     print(environment_report())
     return 0
+
+
+def run_recipe(recipe: str, argv: list[str]) -> None:
+    """Import the recipe only now: torch and transformers are paid for by the command that needs them."""
+    importlib.import_module(RECIPES[recipe]).run(argv)
 
 
 def report(output_dir: Path, plots: bool = True) -> int:

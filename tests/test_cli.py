@@ -121,11 +121,10 @@ def test_lazy_exports_resolve_to_the_classes():
         hf_unlearn.NoSuchTrainer  # noqa: B018
 
 
-def test_unlearn_help_shows_the_subcommand_groups_and_the_presets_defaults(capsys, monkeypatch):
+def test_unlearn_help_shows_the_subcommand_groups_and_the_presets_defaults(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "argv", ["/venv/bin/hf-unlearn"])
-    with pytest.raises(SystemExit) as stop:
-        cli.main(["unlearn", "--help"])
-    assert stop.value.code == 0
+    monkeypatch.setenv("HF_UNLEARN_CACHE", str(tmp_path))
+    assert cli.main(["unlearn", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
     assert out.startswith("usage: hf-unlearn unlearn [--config PATH]")
     assert "script (data, models, adapter, outputs):" in out and "method and training" in out
@@ -133,6 +132,51 @@ def test_unlearn_help_shows_the_subcommand_groups_and_the_presets_defaults(capsy
     assert "(default: 0.001)" in learning_rate_help  # the preset's 1e-3, not TrainingArguments' 5e-05
     retain_help = out[out.index("--retain_weight RETAIN_WEIGHT,") :][:200]
     assert "(default: 3.0)" in retain_help  # GradDiff's λ from the preset
+
+
+@pytest.mark.parametrize("recipe", sorted(cli.RECIPES))
+def test_unlearn_help_renders_for_every_recipe(recipe, capsys, monkeypatch, tmp_path):
+    """argparse formats help strings with `%`: a bare "20 % of" in a field's help crashed `--help`."""
+    monkeypatch.setenv("HF_UNLEARN_CACHE", str(tmp_path))
+    assert cli.main(["unlearn", "--recipe", recipe, "--method", "orthograd", "--help"]) == 0
+    assert "--projection_granularity" in capsys.readouterr().out
+
+
+def test_unlearn_help_is_read_back_without_importing_torch(tmp_path):
+    """The second `unlearn --help` with the same arguments, preset and versions comes from the cache: no torch."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_UNLEARN_CACHE": str(tmp_path), "COLUMNS": "100"}
+    code = (
+        "import sys; from hf_unlearn import cli; status = cli.main(['unlearn', '--recipe', 'llm', '--help']); "
+        "print('TORCH', 'torch' in sys.modules, status)"
+    )
+    first, second = (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        for _ in range(2)
+    )
+    assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:] + second.stderr[-2000:]
+    assert "TORCH True 0" in first.stdout and "TORCH False 0" in second.stdout
+    assert first.stdout == second.stdout.replace("TORCH False", "TORCH True")  # the same text, read back
+    assert "--learning_rate LEARNING_RATE" in second.stdout
+
+
+def test_unlearn_help_cache_key_follows_the_preset_and_the_arguments(tmp_path):
+    from hf_unlearn.help_cache import help_key
+
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("learning_rate: 0.001\n")
+    before = help_key("llm", ["--config", str(preset), "--help"])
+    assert help_key("llm", ["--config", str(preset), "--help"]) == before
+    assert help_key("llm", ["--config", str(preset), "--method", "npo", "--help"]) != before
+    assert help_key("whisper", ["--config", str(preset), "--help"]) != before
+    preset.write_text("learning_rate: 0.01\n")
+    assert help_key("llm", ["--config", str(preset), "--help"]) != before
+
+
+def test_unlearn_help_of_an_unknown_method_is_an_error_and_is_not_cached(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_UNLEARN_CACHE", str(tmp_path))
+    assert cli.main(["unlearn", "--method", "foo", "--help"]) == 2
+    assert "foo" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.txt"))
 
 
 def test_unknown_method_is_one_line_and_exit_2(capsys):

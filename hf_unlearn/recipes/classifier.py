@@ -64,7 +64,7 @@ class ScriptArguments(RecipeArguments):
         metadata={"help": "Image-classification dataset (Hub name or local dir; image/label). Default: the digits."},
     )
     test_split: str = field(
-        default="test", metadata={"help": "Held-out split of a user dataset (else 20 % of train)."}
+        default="test", metadata={"help": "Held-out split of a user dataset (else a seeded fifth of train)."}
     )
     train_references: bool = field(
         default=False,
