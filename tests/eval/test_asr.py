@@ -78,3 +78,25 @@ def test_transcribe_caps_max_new_tokens_at_the_decoder_length(tiny_corpus, tiny_
     model = build_tiny_whisper(tiny_processor, max_target_positions=16)
     hypotheses = transcribe(model, tiny_processor, tiny_corpus["test"].select(range(2)), max_new_tokens=64)
     assert len(hypotheses) == 2
+
+
+def test_transcribe_passes_the_whole_frame_mask_and_decodes_as_without_it(tiny_corpus, tiny_processor, small_model):
+    """The all-ones frame mask silences `generate`'s per-batch "attention mask is not set" warning (pad = eos in
+    Whisper) and changes nothing: Whisper's encoder attends to every frame either way."""
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging as transformers_logging
+
+    from hf_unlearn.eval.asr import _batch_features
+
+    data = tiny_corpus["forget"].select(range(4))
+    logger = transformers_logging.get_logger("transformers.generation.utils")
+    transformers_logging.warning_once.cache_clear()  # the warning is emitted once per process: let it be seen again
+    with CaptureLogger(logger) as captured:
+        hypotheses = transcribe(small_model, tiny_processor, data, batch_size=2, max_new_tokens=6)
+    assert "attention mask is not set" not in captured.out
+
+    features = _batch_features(data[:4], tiny_processor)
+    prefix = len(tiny_processor.tokenizer.prefix_tokens)
+    unmasked = small_model.generate(input_features=features, do_sample=False, num_beams=1, max_length=prefix + 6)
+    decoded = tiny_processor.tokenizer.batch_decode(unmasked, skip_special_tokens=True)
+    assert hypotheses == [text.strip() for text in decoded]
