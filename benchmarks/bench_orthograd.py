@@ -245,19 +245,19 @@ def build(name: str, args, k: int):
     trainers = {}
     for method, (trainer_cls, config_cls, extra) in {
         "graddiff": (GradDiffTrainer, GradDiffConfig, {"retain_weight": 1.0}),
-        "fused": (OrthoGradTrainer, OrthoGradConfig, {"per_sample_gradients": "fused", "retain_weight": 0.0}),
-        "vmap": (OrthoGradTrainer, OrthoGradConfig, {"per_sample_gradients": "vmap", "retain_weight": 0.0}),
+        "fused": (OrthoGradTrainer, OrthoGradConfig, {"per_sample_gradients": "fused", "retain_mix": 0.0}),
+        "vmap": (OrthoGradTrainer, OrthoGradConfig, {"per_sample_gradients": "vmap", "retain_mix": 0.0}),
         "per_tensor": (
             OrthoGradTrainer,
             OrthoGradConfig,
-            {"per_sample_gradients": "fused", "retain_weight": 0.0, "projection_granularity": "per_tensor"},
+            {"per_sample_gradients": "fused", "retain_mix": 0.0, "projection_granularity": "per_tensor"},
         ),
         "preconditioned": (
             OrthoGradTrainer,
             OrthoGradConfig,
             {
                 "per_sample_gradients": "fused",
-                "retain_weight": 0.0,
+                "retain_mix": 0.0,
                 "projection_space": "preconditioned",
                 "optim": "sgd",
             },

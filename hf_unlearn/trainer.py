@@ -118,7 +118,7 @@ class UnlearnTrainer(Trainer):
                 "The forget set is empty: pass forget_dataset with at least one example (check the speaker/author "
                 "filter that built it)."
             )
-        needs_retain = self.uses_retain_batch and args.retain_weight > 0
+        needs_retain = self.uses_retain_batch and args.has_retain_term
         if needs_retain and (retain_dataset is None or len(retain_dataset) == 0):
             raise ValueError(
                 f"{type(self).__name__} with retain_weight={args.retain_weight} needs a non-empty retain_dataset; "
@@ -230,7 +230,7 @@ class UnlearnTrainer(Trainer):
 
     def weighted_retain_loss(self, model: nn.Module) -> torch.Tensor | float:
         """``λ·L_r`` on the next retain batch (and logged), or ``0`` when the retain term is off."""
-        if self.args.retain_weight == 0 or not self.uses_retain_batch:
+        if not self.args.has_retain_term or not self.uses_retain_batch:
             return 0.0
         retain_loss = self.per_example_loss(model, self.next_retain_batch()).mean()
         self.log_metric("retain/loss", retain_loss)

@@ -109,7 +109,7 @@ class OrthoGradDirection:
 
 
 def orthograd_direction(
-    gram: Tensor, cross: Tensor, retain_weight: float, rtol: float | None = None, rank_one: bool = False
+    gram: Tensor, cross: Tensor, retain_mix: float, rtol: float | None = None, rank_one: bool = False
 ) -> OrthoGradDirection:
     """OrthoGrad's direction as coefficients (DESIGN §2.2):
 
@@ -122,20 +122,20 @@ def orthograd_direction(
     Args:
         gram (`Tensor` [k, k]): retain Gram ``GᵀG``.
         cross (`Tensor` [k]): ``Gᵀ g_f``, ``g_f = ∇L_f``.
-        retain_weight (`float`): α ∈ [0, 1).
+        retain_mix (`float`): α ∈ [0, 1).
         rtol (`float`, *optional*): eigenvalue cut-off of [`orthogonal_projection_coefficients`].
         rank_one (`bool`, *optional*, defaults to `False`): the GRU-style ablation
             ([`rank_one_projection_coefficients`]) instead of the per-sample projection.
     """
-    if not 0.0 <= retain_weight < 1.0:
-        raise ValueError(f"retain_weight (α) must be in [0, 1), got {retain_weight}; at α = 1 nothing is unlearned.")
+    if not 0.0 <= retain_mix < 1.0:
+        raise ValueError(f"retain_mix (α) must be in [0, 1), got {retain_mix}; at α = 1 nothing is unlearned.")
     if rank_one:
         projection, rank = rank_one_projection_coefficients(gram, cross)
     else:
         projection, rank = orthogonal_projection_coefficients(gram, cross, rtol)
     k = gram.shape[0]
-    retain_coefficients = retain_weight / k + (1.0 - retain_weight) * projection
-    return OrthoGradDirection(retain_coefficients, -(1.0 - retain_weight), projection, rank)
+    retain_coefficients = retain_mix / k + (1.0 - retain_mix) * projection
+    return OrthoGradDirection(retain_coefficients, -(1.0 - retain_mix), projection, rank)
 
 
 def joint_gram_blocks(
@@ -228,13 +228,13 @@ def stacked_projection_diagnostics(
 
 
 def stacked_orthograd_directions(
-    gram: Tensor, cross: Tensor, retain_weight: float, rtol: float | None = None, rank_one: bool = False
+    gram: Tensor, cross: Tensor, retain_mix: float, rtol: float | None = None, rank_one: bool = False
 ) -> OrthoGradDirection:
     """[`orthograd_direction`] for n independent groups at once (per-tensor projection): ``gram`` [n, k, k],
     ``cross`` [n, k]; one batched eigen-solve instead of n small ones. Fields are stacked on dim 0 ([n, k]) and
     ``rank`` is the total over groups. Each group is solved exactly as the single-group function solves it."""
-    if not 0.0 <= retain_weight < 1.0:
-        raise ValueError(f"retain_weight (α) must be in [0, 1), got {retain_weight}; at α = 1 nothing is unlearned.")
+    if not 0.0 <= retain_mix < 1.0:
+        raise ValueError(f"retain_mix (α) must be in [0, 1), got {retain_mix}; at α = 1 nothing is unlearned.")
     if gram.ndim != 3 or gram.shape[-1] != gram.shape[-2] or cross.shape != gram.shape[:2]:
         raise ValueError(f"Expected gram [n, k, k] and cross [n, k], got {tuple(gram.shape)}, {tuple(cross.shape)}.")
     _check(gram.sum(0), cross.sum(0))  # empty retain batch; NaN/inf anywhere in the stack stays non-finite in sums
@@ -257,5 +257,5 @@ def stacked_orthograd_directions(
         )
         projection = eigenvectors @ (inverse * (eigenvectors.transpose(-1, -2) @ cross[..., None])[..., 0])[..., None]
         projection, rank = projection[..., 0], int(keep.sum())
-    retain_coefficients = retain_weight / k + (1.0 - retain_weight) * projection
-    return OrthoGradDirection(retain_coefficients, -(1.0 - retain_weight), projection, rank)
+    retain_coefficients = retain_mix / k + (1.0 - retain_mix) * projection
+    return OrthoGradDirection(retain_coefficients, -(1.0 - retain_mix), projection, rank)

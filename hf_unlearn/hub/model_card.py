@@ -113,8 +113,10 @@ NOT_HYPERPARAMETERS = frozenset({"overwrite_output_dir", "generation_max_new_tok
 
 
 def method_hyperparameters(args: TrainingArguments) -> dict[str, Any]:
-    """The config fields a method adds on top of `TrainingArguments` (retain_weight, beta, inner_lr, ...)."""
+    """The config fields a method adds on top of `TrainingArguments` (retain_weight, npo_beta, inner_lr, ...)."""
     skip = {f.name for f in fields(TrainingArguments)} | NOT_HYPERPARAMETERS
+    # A renamed field's old name (`beta` of `npo_beta`, ...) is None once its value moved to the new name: not shown.
+    skip |= set(getattr(args, "renamed_fields", {}))
     return {f.name: getattr(args, f.name) for f in fields(type(args)) if f.name not in skip}
 
 

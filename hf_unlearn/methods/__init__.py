@@ -23,8 +23,16 @@ METHODS = {
     "scrub": (SCRUBConfig, SCRUBTrainer),
 }
 
+
+def retain_knob(method: str) -> str:
+    """The config field that balances forgetting against retention for a `--method`: `retain_mix` (α ∈ [0, 1)) for
+    OrthoGrad and GRU, `retain_weight` (the retain term's weight λ/γ) for every other method."""
+    return "retain_mix" if method in ("orthograd", "gru") else "retain_weight"
+
+
 __all__ = [
     "METHODS",
+    "retain_knob",
     "GradAscentConfig",
     "GradAscentTrainer",
     "GradDiffConfig",

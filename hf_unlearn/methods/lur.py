@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from ..configs import UnlearnConfig
 from ..distributed import all_reduce_mean_, whole_parameters
 from ..gradients.meta import LossFn, LURObjective, batch_loss_fn, trainable_parameters
-from ..losses import model_sequence_log_prob, npo_per_example_loss
+from ..losses import model_sequence_log_prob, unlearning_loss
 from ..models.batch_norm import refuse_batch_norm_in_training
 from ..trainer import UnlearnTrainer
 from .reference import ReferencePolicy, reference_log_prob
@@ -287,28 +287,21 @@ class LURTrainer(UnlearnTrainer):
         """L_u on ``batch``; evaluations at θ also record L_f(θ) (and NPO's log-ratio) into ``record``."""
         config = self.model_config
         stash: dict[str, Tensor] = {}
-        if self.args.forget_loss == "ga":
-
-            def loss(module: nn.Module, inputs: Any) -> Tensor:
-                log_prob, lengths = model_sequence_log_prob(module, inputs, config)
-                stash["forget/loss"] = (-log_prob / lengths).mean()  # L_f: mean of per-example token means
-                return -stash["forget/loss"]  # L_u = −L_f (gradient ascent)
-
-        else:
+        ref_log_prob = None
+        if self.args.forget_loss == "npo":
             # π_ref is a constant of θ: scored once, without gradient, with the adapter disabled.
             ref_log_prob = reference_log_prob(
                 self.reference,
                 self.accelerator.unwrap_model(model),
                 lambda module: model_sequence_log_prob(module, batch, config)[0],
             )
-            beta = self.args.npo_beta
 
-            def loss(module: nn.Module, inputs: Any) -> Tensor:
-                log_prob, lengths = model_sequence_log_prob(module, inputs, config)
-                log_ratio = log_prob - ref_log_prob
-                stash["forget/loss"] = (-log_prob / lengths).mean()
-                stash["npo/log_ratio"] = log_ratio.mean()
-                return npo_per_example_loss(log_prob, ref_log_prob, beta).mean()
+        def loss(module: nn.Module, inputs: Any) -> Tensor:
+            log_prob, lengths = model_sequence_log_prob(module, inputs, config)
+            stash["forget/loss"] = (-log_prob / lengths).mean()  # L_f: mean of per-example token means
+            if ref_log_prob is not None:
+                stash["npo/log_ratio"] = (log_prob - ref_log_prob).mean()
+            return unlearning_loss(log_prob, lengths, ref_log_prob, self.args.npo_beta).mean()
 
         bound = batch_loss_fn(model, batch, loss=loss, config=config)
 

@@ -9,7 +9,7 @@ gradient of a linear surrogate loss, so `.grad` is never edited and any optimize
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.utils import logging
 
-from ..configs import UnlearnConfig
+from ..configs import UnlearnConfig, deprecated_alias, take_renamed_fields
 from ..distributed import all_gather_counts, all_reduce_mean_, whole_parameters, zero_stage
 from ..gradients import (
     FusedGradientCapture,
@@ -31,11 +31,11 @@ from ..losses import (
     IGNORE_INDEX,
     model_sequence_log_prob,
     model_target_logits,
-    npo_per_example_loss,
     per_example_loss_from_log_prob,
     sequence_log_prob,
     shift_labels_right,
     target_lengths,
+    unlearning_loss,
 )
 from ..models.batch_norm import refuse_batch_norm_in_training
 from ..trainer import UnlearnTrainer
@@ -61,11 +61,12 @@ class OrthoGradConfig(UnlearnConfig):
     Parameters:
         > OrthoGrad objective
 
-        retain_weight (`float`, *optional*, defaults to `0.5`):
+        retain_mix (`float`, *optional*, defaults to `0.5`):
             α ∈ [0, 1) in ``d = α·ḡ_r − (1 − α)·P⊥ g_f``. At `0` the update is orthogonal to every per-sample retain
             gradient (no retain loss moves to first order) but nothing pulls the retain loss down; `0.5` weighs plain
             retain descent and projected unlearning equally. The paper does not fix α for every task; `0.5` is this
-            library's default, chosen because `UnlearnConfig`'s `1.0` would unlearn nothing.
+            library's default (α was called `retain_weight` before; that name is accepted for one release with a
+            FutureWarning, and `retain_weight` is otherwise unused by OrthoGrad).
         projection_tolerance (`float` or `None`, *optional*, defaults to `None`):
             Relative eigenvalue cut-off of the retain Gram: directions of span(G) with eigenvalue below
             ``tolerance·λ_max`` are treated as noise and not projected out. `None` uses ``10·k·eps`` of the Gram's
@@ -112,13 +113,15 @@ class OrthoGradConfig(UnlearnConfig):
         vmap_chunk_size (`int` or `None`, *optional*, defaults to `None`):
             Samples per `torch.func.vmap` chunk on the vmap path; bounds its peak memory. `None`: the whole batch.
 
-    Defaults changed from [`UnlearnConfig`]: `retain_weight=0.5` (α must be below 1).
+    `retain_weight` (the retain-loss weight λ of other methods) does not apply: α mixes the two terms instead.
     """
 
-    retain_weight: float = field(
+    retain_mix: float = field(
         default=0.5,
         metadata={"help": "alpha in [0, 1): d = alpha * mean retain grad - (1 - alpha) * projected forget grad."},
     )
+    renamed_fields: ClassVar[dict[str, str]] = {"retain_weight": "retain_mix"}
+    retain_weight: float | None = deprecated_alias("OrthoGrad's alpha", "retain_mix")
     projection_tolerance: float | None = field(
         default=None,
         metadata={"help": "Relative eigenvalue cut-off of the retain Gram (default: 10 * k * eps of its dtype)."},
@@ -180,9 +183,10 @@ class OrthoGradConfig(UnlearnConfig):
     )
 
     def __post_init__(self):
-        if not 0.0 <= self.retain_weight < 1.0:
+        take_renamed_fields(self)
+        if not 0.0 <= self.retain_mix < 1.0:
             raise ValueError(
-                f"retain_weight is OrthoGrad's α and must be in [0, 1), got {self.retain_weight}: at α = 1 nothing is "
+                f"retain_mix is OrthoGrad's α and must be in [0, 1), got {self.retain_mix}: at α = 1 nothing is "
                 "unlearned. Use 0 for a pure projected forget step, 0.5 (the default) to also descend on the retain "
                 "loss."
             )
@@ -225,6 +229,10 @@ class OrthoGradConfig(UnlearnConfig):
                 f"scale (norm ≈ √#parameters), so max_grad_norm={self.max_grad_norm} would clip it to a standstill: "
                 "set max_grad_norm=0 (Adam's own steps are nearly invariant to gradient clipping, so nothing is lost)."
             )
+
+    @property
+    def has_retain_term(self) -> bool:
+        return self.retain_mix > 0
 
 
 @dataclass
@@ -298,7 +306,7 @@ class OrthoGradTrainer(UnlearnTrainer):
         P⊥ g_f = g_f − G c,   c = (GᵀG)⁺ Gᵀ g_f,    d = α·ḡ_r − (1 − α)·P⊥ g_f
 
     with ``G = [∇ℓ(r_1) … ∇ℓ(r_k)]``, ``ḡ_r = (1/k) Σ_i ∇ℓ(r_i)``, ``g_f = ∇L_f`` (GA) or ``−∇L_NPO`` (NPO) and
-    α = `retain_weight`. The optimizer descends along ``d``; with SGD and α = 0 the step is orthogonal to each
+    α = `retain_mix`. The optimizer descends along ``d``; with SGD and α = 0 the step is orthogonal to each
     ``∇ℓ(r_i)``, so to first order no retain example's loss changes. Adam rescales ``d`` coordinate-wise, so in the
     default `projection_space="gradient"` orthogonality then holds only approximately (see below).
 
@@ -373,7 +381,7 @@ class OrthoGradTrainer(UnlearnTrainer):
 
     trainer = OrthoGradTrainer(
         model=model,
-        args=OrthoGradConfig(output_dir="out", retain_weight=0.0, max_steps=20, per_device_retain_batch_size=16),
+        args=OrthoGradConfig(output_dir="out", retain_mix=0.0, max_steps=20, per_device_retain_batch_size=16),
         forget_dataset=corpus["forget"],
         retain_dataset=corpus["retain"],
         data_collator=collator,
@@ -396,11 +404,11 @@ class OrthoGradTrainer(UnlearnTrainer):
         if retain_dataset is None or len(retain_dataset) == 0:
             raise ValueError(
                 f"{type(self).__name__} projects the forget gradient against per-sample retain gradients at every "
-                "step, also at retain_weight=0: pass a non-empty retain_dataset (or use GradAscentTrainer, which "
+                "step, also at retain_mix=0: pass a non-empty retain_dataset (or use GradAscentTrainer, which "
                 "needs none)."
             )
         super().__init__(model, args, forget_dataset, retain_dataset, **kwargs)
-        # The base class keeps the retain stream only when retain_weight > 0; the projection needs it at α = 0 too.
+        # The base class keeps the retain stream only when retain_mix > 0; the projection needs it at α = 0 too.
         self.retain_dataset = retain_dataset
         if self.args.n_gpu > 1:
             raise ValueError(
@@ -464,13 +472,11 @@ class OrthoGradTrainer(UnlearnTrainer):
 
     # ------------------------------------------------------------------ per-sample objective
 
-    def _forget_objective(self, log_prob: Tensor, losses: Tensor, ref_log_prob: Tensor | None) -> Tensor:
-        """φ(f_j), the per-forget-example term whose mean gradient is ``g_f``. projection.py's convention is
-        ``g_f = ∇(task loss raised by unlearning)``: ``ℓ(f_j)`` for GA, ``−npo_j`` for NPO (whose loss is lowered),
-        with ``npo_j = (2/β)·log(1 + (π_θ/π_ref)^β) = (2/β)·softplus(β·(log π_θ − log π_ref))``."""
-        if ref_log_prob is None:
-            return losses
-        return -npo_per_example_loss(log_prob, ref_log_prob, self.args.npo_beta)
+    def _forget_objective(self, log_prob: Tensor, lengths: Tensor, ref_log_prob: Tensor | None) -> Tensor:
+        """φ(f_j) = −L_u(f_j), the per-forget-example term whose mean gradient is ``g_f``. projection.py's convention
+        is ``g_f = ∇(task loss raised by unlearning)``: ``ℓ(f_j)`` for GA, ``−npo_j`` for NPO (whose loss is
+        lowered); `hf_unlearn.losses.unlearning_loss` is L_u."""
+        return -unlearning_loss(log_prob, lengths, ref_log_prob, self.args.npo_beta)
 
     def _joint_objective(self, model: nn.Module, joint: dict[str, Tensor], num_forget: int, reference: "_Reference"):
         """``(φ [m+k], ℓ [m+k], retain term [k])``: the per-example terms to capture (forget φ, then the retain
@@ -478,7 +484,7 @@ class OrthoGradTrainer(UnlearnTrainer):
         logits, labels = model_target_logits(model, joint, self.model_config)
         log_prob, lengths = sequence_log_prob(logits, labels)
         losses = per_example_loss_from_log_prob(log_prob, lengths)  # ℓ [m+k]; raises on an empty target
-        forget_terms = self._forget_objective(log_prob[:num_forget], losses[:num_forget], reference.forget_log_prob)
+        forget_terms = self._forget_objective(log_prob[:num_forget], lengths[:num_forget], reference.forget_log_prob)
         retain_terms = losses[num_forget:]
         if reference.retain_log_probs is not None:
             retain_terms = _per_example_kl(reference.retain_log_probs, logits[num_forget:], labels[num_forget:])
@@ -495,7 +501,7 @@ class OrthoGradTrainer(UnlearnTrainer):
         log_prob, lengths = sequence_log_prob(logits, labels)
         losses = -log_prob / lengths
         forget_ref = ref_log_prob if self.args.forget_loss == "npo" else None
-        forget_terms = self._forget_objective(log_prob, losses, forget_ref)
+        forget_terms = self._forget_objective(log_prob, lengths, forget_ref)
         retain_terms = losses
         if ref_token_log_probs is not None:
             retain_terms = _per_example_kl(ref_token_log_probs, logits, labels)
@@ -569,8 +575,9 @@ class OrthoGradTrainer(UnlearnTrainer):
         if reference.forget_log_prob is None:
             unlearn_loss = -forget_loss
         else:
-            log_prob = -losses[:num_forget] * self._target_lengths(forget["labels"])
-            unlearn_loss = npo_per_example_loss(log_prob, reference.forget_log_prob, self.args.npo_beta).mean()
+            lengths = self._target_lengths(forget["labels"])
+            log_prob = -losses[:num_forget] * lengths
+            unlearn_loss = unlearning_loss(log_prob, lengths, reference.forget_log_prob, self.args.npo_beta).mean()
             self.log_metric("npo/loss", unlearn_loss)
         self.log_metric("forget/loss", forget_loss)
         self.log_metric("retain/loss", retain_loss)
@@ -578,7 +585,7 @@ class OrthoGradTrainer(UnlearnTrainer):
             self.log_metric("retain/kl", retain_terms.mean())
         for key, value in diagnostics.items():
             self.log_metric(f"orthograd/{key}", value)
-        alpha = self.args.retain_weight
+        alpha = self.args.retain_mix
         loss = alpha * retain_terms.mean() + (1.0 - alpha) * unlearn_loss
         return (loss / self.current_gradient_accumulation_steps).detach()
 
@@ -623,7 +630,7 @@ class OrthoGradTrainer(UnlearnTrainer):
         direction = stacked_orthograd_directions(
             retain_gram,
             cross,
-            self.args.retain_weight,
+            self.args.retain_mix,
             self.args.projection_tolerance,
             rank_one=self.args.projection == "rank1",
         )

@@ -90,7 +90,7 @@ def load_data_and_models(script_args: ScriptArguments, seed: int):
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     from hf_unlearn.data import SpeechCorpusConfig, build_speech_corpus, load_user_speech_dataset
-    from hf_unlearn.models.reference import ReferenceTrainingConfig, train_reference_model
+    from hf_unlearn.models.speech_benchmark_models import ReferenceTrainingConfig, train_reference_model
 
     from .common import pretrained_kwargs
 
