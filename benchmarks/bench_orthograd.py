@@ -282,7 +282,7 @@ def loop_step(model, forget, retain, config):
     """OrthoGrad by a per-sample loop (α = 0): the reference cost, kept out of the library on purpose."""
     import torch
 
-    from hf_unlearn.gradients import orthograd_direction
+    from hf_unlearn.methods.orthograd.projection import orthograd_direction
     from hf_unlearn.losses import model_per_example_loss
 
     params = [p for p in model.parameters() if p.requires_grad]

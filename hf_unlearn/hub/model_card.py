@@ -24,11 +24,11 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, HFValidationError, filter_repo_objects, validate_repo_id
 from transformers import TrainingArguments
 
+from ..integrations.transformers import TRAINER_PUSH_IGNORE_PATTERNS
+
 
 # Package data, so wheel installs have it too (the repository's `model_cards/unlearned_model.md` is a link to it).
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "unlearned_model.md"
-# What `Trainer.push_to_hub` / `_push_from_checkpoint` leave out of the upload of `output_dir`.
-TRAINER_IGNORE_PATTERNS = ["_*", "checkpoint-*"]
 # `TrainingArguments` fields that say how the unlearning run was trained (the rest are I/O and logging).
 TRAINING_FIELDS = (
     "learning_rate",
@@ -337,5 +337,5 @@ def upload_file_list(folder: str | os.PathLike) -> list[str]:
     """Files of `folder` that `Trainer.push_to_hub` would upload: its own ignore patterns plus huggingface_hub's."""
     folder = Path(folder)
     relative = sorted(path.relative_to(folder).as_posix() for path in folder.glob("**/*") if path.is_file())
-    ignore = TRAINER_IGNORE_PATTERNS + list(DEFAULT_IGNORE_PATTERNS)
+    ignore = TRAINER_PUSH_IGNORE_PATTERNS + list(DEFAULT_IGNORE_PATTERNS)
     return list(filter_repo_objects(relative, ignore_patterns=ignore))

@@ -136,8 +136,8 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     """Train, evaluate and save one unlearning run; returns the `metrics.json` content (on every process)."""
     from hf_unlearn import METHODS
     from hf_unlearn.data import SpeechSeq2SeqCollator, prepare_speech_dataset
-    from hf_unlearn.distributed import whole_model_loading
     from hf_unlearn.eval.asr import evaluate_asr
+    from hf_unlearn.integrations.transformers import whole_model_loading
 
     from .common import (
         announce,

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `tests.` importable when launched as a script
 
 from hf_unlearn.callbacks import StopAtForgetTarget  # noqa: E402
-from hf_unlearn.distributed import zero_stage  # noqa: E402
+from hf_unlearn.integrations.accelerate import zero_stage  # noqa: E402
 from hf_unlearn.methods import METHODS  # noqa: E402
 from tests.methods.toy_lm import collate, tiny_gpt2, token_dataset  # noqa: E402
 

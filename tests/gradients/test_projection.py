@@ -182,7 +182,7 @@ def test_orthograd_step_on_gpt2_lora(retain_weight):
 def test_stacked_directions_and_diagnostics_equal_the_per_group_ones(rank_one):
     """Per-tensor projection solves n groups in one batch: each equals its own single solve, and the stacked
     diagnostics equal those of the concatenated direction computed from explicit vectors."""
-    from hf_unlearn.gradients.projection import stacked_orthograd_directions, stacked_projection_diagnostics
+    from hf_unlearn.methods.orthograd.projection import stacked_orthograd_directions, stacked_projection_diagnostics
 
     generator = torch.Generator().manual_seed(3)
     groups = [retain_gradients(case, generator) for case in ("full_rank", "duplicated", "wide")]

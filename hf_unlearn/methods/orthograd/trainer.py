@@ -1,34 +1,22 @@
-"""OrthoGrad: unlearn along the part of the forget gradient that is orthogonal to every per-sample retain gradient.
+"""`OrthoGradTrainer` and `GRUTrainer`: the projected step, read top to bottom in `training_step`.
 
 One step costs one forward and one backward of the concatenated forget+retain batch, like a GradDiff step, plus the
-fused per-sample capture of `hf_unlearn.gradients` (DESIGN §2.2, §3). The direction reaches the optimizer as the
+per-sample gradient readout of `hf_unlearn.gradients` (DESIGN §2.2, §3). The direction reaches the optimizer as the
 gradient of a linear surrogate loss, so `.grad` is never edited and any optimizer, gradient accumulation and DeepSpeed
-(which owns `.grad`) see an ordinary backward.
+(which owns `.grad`) see an ordinary backward. The update rule is written once, in `OrthoGradTrainer`'s docstring.
 """
 
-import contextlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-from accelerate.utils import DistributedType
 from torch import Tensor, nn
-from transformers import PreTrainedModel
 from transformers.utils import logging
 
-from ..configs import UnlearnConfig, deprecated_alias, take_renamed_fields
-from ..distributed import all_gather_counts, all_reduce_mean_, whole_parameters, zero_stage
-from ..gradients import (
-    FusedGradientCapture,
-    UnsupportedLayerError,
-    VmapPerSampleGradients,
-)
-from ..gradients.global_gram import global_gram
-from ..gradients.projection import stacked_orthograd_directions, stacked_projection_diagnostics
-from ..losses import (
-    IGNORE_INDEX,
+from ...gradients import FusedGradientCapture, PerSampleGradients, UnsupportedLayerError, VmapPerSampleGradients
+from ...integrations.accelerate import zero_stage
+from ...integrations.deepspeed import whole_parameters
+from ...integrations.transformers import accumulation_steps, backward_like_trainer, eager_attention, prepare_inputs
+from ...losses import (
     model_sequence_log_prob,
     model_target_logits,
     per_example_loss_from_log_prob,
@@ -37,265 +25,18 @@ from ..losses import (
     target_lengths,
     unlearning_loss,
 )
-from ..models.batch_norm import refuse_batch_norm_in_training
-from ..trainer import UnlearnTrainer
-from .reference import ReferencePolicy, reference_log_prob
+from ...models.batch_norm import refuse_batch_norm_in_training
+from ...trainer import UnlearnTrainer
+from ..reference import ReferencePolicy, reference_log_prob
+from .batches import concatenate_batches
+from .config import OrthoGradConfig
+from .global_gram import global_gram
+from .objective import ReferenceOutputs, forget_objective, log_softmax, per_example_kl
+from .preconditioner import DiagonalPreconditioner
+from .projection import stacked_orthograd_directions, stacked_projection_diagnostics
 
 
-FORGET_LOSSES = ("ga", "npo")
-PROJECTIONS = ("full", "rank1")
-PROJECTION_SCOPES = ("global", "local")
 logger = logging.get_logger(__name__)
-
-PER_SAMPLE_BACKENDS = ("auto", "fused", "vmap")
-GRANULARITIES = ("global", "per_tensor")
-PROJECTION_SPACES = ("gradient", "preconditioned")
-RETAIN_LOSSES = ("ce", "kl")
-
-
-@dataclass
-class OrthoGradConfig(UnlearnConfig):
-    r"""
-    Configuration for [`OrthoGradTrainer`].
-
-    Parameters:
-        > OrthoGrad objective
-
-        retain_mix (`float`, *optional*, defaults to `0.5`):
-            α ∈ [0, 1) in ``d = α·ḡ_r − (1 − α)·P⊥ g_f``. At `0` the update is orthogonal to every per-sample retain
-            gradient (no retain loss moves to first order) but nothing pulls the retain loss down; `0.5` weighs plain
-            retain descent and projected unlearning equally. The paper does not fix α for every task; `0.5` is this
-            library's default (α was called `retain_weight` before; that name is accepted for one release with a
-            FutureWarning, and `retain_weight` is otherwise unused by OrthoGrad).
-        projection_tolerance (`float` or `None`, *optional*, defaults to `None`):
-            Relative eigenvalue cut-off of the retain Gram: directions of span(G) with eigenvalue below
-            ``tolerance·λ_max`` are treated as noise and not projected out. `None` uses ``10·k·eps`` of the Gram's
-            dtype (`hf_unlearn.gradients.projection.default_rtol`).
-        projection (`str`, *optional*, defaults to `"full"`):
-            `"full"`: project against every per-sample retain gradient (OrthoGrad). `"rank1"`: project against the
-            mean retain gradient only, and only when it conflicts with the forget gradient (the GRU-style ablation,
-            also available as [`GRUConfig`]).
-        projection_scope (`str`, *optional*, defaults to `"global"`):
-            Only matters with several processes. `"global"`: the projection is against the retain samples of every
-            process (DESIGN §5) — each process all-gathers the others' per-sample LoRA gradients (n·P numbers per
-            process per step) and the result equals one process with the whole batch. `"local"`: each process
-            projects its own forget gradient against its own retain samples and the directions are averaged — no
-            extra communication, but the update is then orthogonal to no particular retain sample.
-        projection_granularity (`str`, *optional*, defaults to `"global"`):
-            `"global"`: one projection of the whole forget gradient against the per-sample retain gradients over all
-            trainable parameters (removes at most k directions). `"per_tensor"`: as the OrthoGrad authors' code, each
-            parameter tensor's forget gradient is projected against that tensor's own per-sample retain gradients
-            (removes up to #tensors × k directions; the update is then orthogonal to every g_i per tensor, a stricter
-            constraint). Both use the per-tensor k×k Grams the capture forms layer by layer.
-        projection_space (`str`, *optional*, defaults to `"gradient"`):
-            `"gradient"`: project in the Euclidean metric; the optimizer then rescales the direction (Adam's step is
-            not orthogonal to the retain gradients). `"preconditioned"`: project in the metric of an Adam-style
-            diagonal preconditioner ``D = 1/(√v̂ + ε)`` kept by the trainer and take the step ``−η·D·d``, which is
-            orthogonal to every per-sample retain gradient; needs `optim="sgd"` (see [`OrthoGradTrainer`]).
-        retain_loss (`str`, *optional*, defaults to `"ce"`):
-            The per-sample retain objective whose gradients span the protected subspace (and that α descends on):
-            `"ce"` (each retain example's mean token cross-entropy) or `"kl"` (its mean token KL(π_ref ‖ π_θ) to
-            the original model: the adapter disabled under LoRA, a frozen copy otherwise, as NPO's reference).
-        forget_loss (`str`, *optional*, defaults to `"ga"`):
-            The unlearning objective whose gradient is projected: `"ga"` (raise ``L_f``, the mean per-example forget
-            loss) or `"npo"` (lower NPO's loss; the reference is the model with its adapter disabled).
-        npo_beta (`float`, *optional*, defaults to `0.1`):
-            β of the NPO loss when `forget_loss="npo"`.
-
-        > Per-sample gradients
-
-        per_sample_gradients (`str`, *optional*, defaults to `"auto"`):
-            `"fused"`: hooks recover per-sample gradients from the step's one backward
-            ([`~hf_unlearn.gradients.FusedGradientCapture`]): peft LoRA weights, or full fine-tuning of nn.Linear,
-            transformers Conv1D, nn.Conv1d/2d, nn.Embedding and nn.LayerNorm weights. `"vmap"`: `torch.func.vmap` over
-            samples, for any trainable parameters; it materialises k per-sample gradients. `"auto"`: fused when every
-            trainable parameter is supported, vmap otherwise (one log line names the unsupported layer).
-        vmap_chunk_size (`int` or `None`, *optional*, defaults to `None`):
-            Samples per `torch.func.vmap` chunk on the vmap path; bounds its peak memory. `None`: the whole batch.
-
-    `retain_weight` (the retain-loss weight λ of other methods) does not apply: α mixes the two terms instead.
-    """
-
-    retain_mix: float = field(
-        default=0.5,
-        metadata={"help": "alpha in [0, 1): d = alpha * mean retain grad - (1 - alpha) * projected forget grad."},
-    )
-    renamed_fields: ClassVar[dict[str, str]] = {"retain_weight": "retain_mix"}
-    retain_weight: float | None = deprecated_alias("OrthoGrad's alpha", "retain_mix")
-    projection_tolerance: float | None = field(
-        default=None,
-        metadata={"help": "Relative eigenvalue cut-off of the retain Gram (default: 10 * k * eps of its dtype)."},
-    )
-    projection: str = field(
-        default="full",
-        metadata={
-            "help": "'full' (every per-sample retain gradient) or 'rank1' (mean retain gradient, GRU-style).",
-            "choices": list(PROJECTIONS),
-        },
-    )
-    forget_loss: str = field(
-        default="ga",
-        metadata={"help": "Unlearning objective whose gradient is projected.", "choices": list(FORGET_LOSSES)},
-    )
-    npo_beta: float = field(
-        default=0.1, metadata={"help": "NPO inverse temperature beta (> 0), for forget_loss='npo'."}
-    )
-    projection_scope: str = field(
-        default="global",
-        metadata={
-            "help": "With several processes: project against every process's retain samples ('global', exact) or "
-            "each process against its own ('local', cheaper, a different operator).",
-            "choices": list(PROJECTION_SCOPES),
-        },
-    )
-    projection_granularity: str = field(
-        default="global",
-        metadata={
-            "help": "'global' (one projection over all parameters) or 'per_tensor' (each tensor against its own "
-            "per-sample retain gradients, as the authors' code).",
-            "choices": list(GRANULARITIES),
-        },
-    )
-    projection_space: str = field(
-        default="gradient",
-        metadata={
-            "help": "'gradient' (Euclidean projection) or 'preconditioned' (in the metric of an Adam-style diagonal "
-            "preconditioner, so that the SGD step -lr*D*d is orthogonal to the retain gradients; needs optim='sgd').",
-            "choices": list(PROJECTION_SPACES),
-        },
-    )
-    retain_loss: str = field(
-        default="ce",
-        metadata={
-            "help": "Per-sample retain objective: 'ce' (cross-entropy) or 'kl' (KL to the original model).",
-            "choices": list(RETAIN_LOSSES),
-        },
-    )
-    per_sample_gradients: str = field(
-        default="auto",
-        metadata={
-            "help": "How per-sample gradients are computed: fused LoRA capture, torch.func vmap, or auto.",
-            "choices": list(PER_SAMPLE_BACKENDS),
-        },
-    )
-    vmap_chunk_size: int | None = field(
-        default=None, metadata={"help": "Samples per torch.func.vmap chunk on the vmap path (default: whole batch)."}
-    )
-
-    def __post_init__(self):
-        take_renamed_fields(self)
-        if not 0.0 <= self.retain_mix < 1.0:
-            raise ValueError(
-                f"retain_mix is OrthoGrad's α and must be in [0, 1), got {self.retain_mix}: at α = 1 nothing is "
-                "unlearned. Use 0 for a pure projected forget step, 0.5 (the default) to also descend on the retain "
-                "loss."
-            )
-        if self.projection not in PROJECTIONS:
-            raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}.")
-        if self.projection_scope not in PROJECTION_SCOPES:
-            raise ValueError(f"projection_scope must be one of {PROJECTION_SCOPES}, got {self.projection_scope!r}.")
-        if self.forget_loss not in FORGET_LOSSES:
-            raise ValueError(f"forget_loss must be one of {FORGET_LOSSES}, got {self.forget_loss!r}.")
-        if self.per_sample_gradients not in PER_SAMPLE_BACKENDS:
-            raise ValueError(
-                f"per_sample_gradients must be one of {PER_SAMPLE_BACKENDS}, got {self.per_sample_gradients!r}."
-            )
-        if self.npo_beta <= 0:
-            raise ValueError(f"npo_beta must be > 0, got {self.npo_beta}.")
-        if self.projection_tolerance is not None and not 0.0 <= self.projection_tolerance < 1.0:
-            raise ValueError(
-                f"projection_tolerance is a relative eigenvalue cut-off in [0, 1), got {self.projection_tolerance}; "
-                "leave it None for the dtype-aware default."
-            )
-        if self.vmap_chunk_size is not None and self.vmap_chunk_size < 1:
-            raise ValueError(f"vmap_chunk_size must be >= 1 or None, got {self.vmap_chunk_size}.")
-        for name, choices in (
-            ("projection_granularity", GRANULARITIES),
-            ("projection_space", PROJECTION_SPACES),
-            ("retain_loss", RETAIN_LOSSES),
-        ):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}.")
-        super().__post_init__()
-        if self.projection_space == "preconditioned" and str(getattr(self.optim, "value", self.optim)) != "sgd":
-            raise ValueError(
-                f"projection_space='preconditioned' already applies Adam's diagonal scaling D to the projected "
-                f"direction, so the optimizer must take a plain step: set optim='sgd' (got optim={self.optim!r}; "
-                "a second Adam would rescale the step again and break its orthogonality)."
-            )
-        if self.projection_space == "preconditioned" and self.max_grad_norm:
-            raise ValueError(
-                f"projection_space='preconditioned' hands the optimizer D·d, which has Adam's per-coordinate step "
-                f"scale (norm ≈ √#parameters), so max_grad_norm={self.max_grad_norm} would clip it to a standstill: "
-                "set max_grad_norm=0 (Adam's own steps are nearly invariant to gradient clipping, so nothing is lost)."
-            )
-
-    @property
-    def has_retain_term(self) -> bool:
-        return self.retain_mix > 0
-
-
-@dataclass
-class GRUConfig(OrthoGradConfig):
-    r"""
-    Configuration for [`GRUTrainer`]: [`OrthoGradConfig`] with `projection="rank1"` by default.
-    """
-
-    projection: str = field(
-        default="rank1",
-        metadata={
-            "help": "'rank1' (mean retain gradient, GRU-style) or 'full' (every per-sample retain gradient).",
-            "choices": list(PROJECTIONS),
-        },
-    )
-
-
-def concatenate_batches(
-    first: dict[str, Any], second: dict[str, Any], pad_token_id: int = 0, is_encoder_decoder: bool = False
-) -> dict[str, Any]:
-    """Stack two collated batches into one along dim 0, right-padding 2-D token tensors to the longer sequence.
-
-    Padding uses `-100` for `labels` (no loss), `0` for attention masks, and ``pad_token_id`` for other 2-D tensors
-    (token ids). Right padding leaves every real position unchanged in a causal decoder, and encoder inputs are masked
-    by their attention mask; an encoder-decoder batch whose `input_ids` need padding but carry no `attention_mask` is
-    refused, since the padding would then change the encoder's output. Tensors of other ranks (audio features) must
-    already agree beyond dim 0.
-    """
-    if first.keys() != second.keys():
-        raise ValueError(
-            f"The forget and retain batches have different keys ({sorted(first)} vs {sorted(second)}): collate both "
-            "sets with the same data_collator and the same columns."
-        )
-    joint = {}
-    for key, a in first.items():
-        b = second[key]
-        if not isinstance(a, Tensor):
-            if a != b:
-                raise ValueError(f"Non-tensor batch entry {key!r} differs between the forget and retain batches.")
-            joint[key] = a
-            continue
-        if a.ndim == 2 and a.shape[1] != b.shape[1]:
-            if key == "input_ids" and is_encoder_decoder and "attention_mask" not in first:
-                raise ValueError(
-                    "The forget and retain batches have different input lengths and no attention_mask, so padding "
-                    "them to one length would change the encoder's output: make the collator return attention_mask."
-                )
-            if key == "labels":
-                value = IGNORE_INDEX
-            elif key.endswith("attention_mask"):
-                value = 0
-            else:
-                value = pad_token_id
-            length = max(a.shape[1], b.shape[1])
-            a, b = (F.pad(t, (0, length - t.shape[1]), value=value) for t in (a, b))
-        elif a.shape[1:] != b.shape[1:]:
-            raise ValueError(
-                f"Batch entry {key!r} has shape {tuple(a.shape)} in the forget batch and {tuple(b.shape)} in the "
-                "retain batch; only 2-D token tensors are padded. Pad/trim features to the same size in the collator "
-                "(Whisper: the same number of frames)."
-            )
-        joint[key] = torch.cat([a, b.to(a.device)])
-    return joint
 
 
 class OrthoGradTrainer(UnlearnTrainer):
@@ -416,7 +157,9 @@ class OrthoGradTrainer(UnlearnTrainer):
                 "per GPU with `accelerate launch` (DDP), which projects against the global retain batch."
             )
         unwrapped = self.accelerator.unwrap_model(self.model)
-        _refuse_batch_norm(unwrapped)
+        # The Trainer switches every module to training mode at each step, so a BatchNorm would couple the samples
+        # of a batch (per-sample gradients undefined) unless frozen in eval mode: refuse now, not at the first step.
+        refuse_batch_norm_in_training(unwrapped, "OrthoGrad's per-sample projection")
         self._per_sample = self._build_per_sample(unwrapped)
         if self.per_sample_backend == "vmap" and zero_stage(self.accelerator) == 3:
             raise ValueError(
@@ -431,12 +174,15 @@ class OrthoGradTrainer(UnlearnTrainer):
             )
         needs_reference = self.args.forget_loss == "npo" or self.args.retain_loss == "kl"
         self.reference = ReferencePolicy(unwrapped) if needs_reference else None
-        self._second_moment: dict[str, Tensor] = {}  # v of projection_space="preconditioned"
-        self._preconditioner_steps = 0
+        self.preconditioner = (
+            DiagonalPreconditioner(self.args.adam_beta2, self.args.adam_epsilon)
+            if self.args.projection_space == "preconditioned"
+            else None
+        )
 
     # ------------------------------------------------------------------ construction
 
-    def _build_per_sample(self, model: nn.Module) -> FusedGradientCapture | VmapPerSampleGradients:
+    def _build_per_sample(self, model: nn.Module) -> PerSampleGradients:
         """The per-sample gradient backend, built once so that bad models fail here rather than at the first step."""
         if self.args.per_sample_gradients in ("auto", "fused"):
             try:
@@ -472,22 +218,20 @@ class OrthoGradTrainer(UnlearnTrainer):
 
     # ------------------------------------------------------------------ per-sample objective
 
-    def _forget_objective(self, log_prob: Tensor, lengths: Tensor, ref_log_prob: Tensor | None) -> Tensor:
-        """φ(f_j) = −L_u(f_j), the per-forget-example term whose mean gradient is ``g_f``. projection.py's convention
-        is ``g_f = ∇(task loss raised by unlearning)``: ``ℓ(f_j)`` for GA, ``−npo_j`` for NPO (whose loss is
-        lowered); `hf_unlearn.losses.unlearning_loss` is L_u."""
-        return -unlearning_loss(log_prob, lengths, ref_log_prob, self.args.npo_beta)
-
-    def _joint_objective(self, model: nn.Module, joint: dict[str, Tensor], num_forget: int, reference: "_Reference"):
+    def _joint_objective(
+        self, model: nn.Module, joint: dict[str, Tensor], num_forget: int, reference: ReferenceOutputs
+    ):
         """``(φ [m+k], ℓ [m+k], retain term [k])``: the per-example terms to capture (forget φ, then the retain
         objective: ℓ or KL), the per-example task losses for logging, and the retain objective's values."""
         logits, labels = model_target_logits(model, joint, self.model_config)
         log_prob, lengths = sequence_log_prob(logits, labels)
         losses = per_example_loss_from_log_prob(log_prob, lengths)  # ℓ [m+k]; raises on an empty target
-        forget_terms = self._forget_objective(log_prob[:num_forget], lengths[:num_forget], reference.forget_log_prob)
+        forget_terms = forget_objective(
+            log_prob[:num_forget], lengths[:num_forget], reference.forget_log_prob, self.args.npo_beta
+        )
         retain_terms = losses[num_forget:]
         if reference.retain_log_probs is not None:
-            retain_terms = _per_example_kl(reference.retain_log_probs, logits[num_forget:], labels[num_forget:])
+            retain_terms = per_example_kl(reference.retain_log_probs, logits[num_forget:], labels[num_forget:])
         return torch.cat([forget_terms, retain_terms]), losses.detach(), retain_terms.detach()
 
     def _vmap_objective(self, model: nn.Module, example: dict[str, Tensor]) -> Tensor:
@@ -501,18 +245,18 @@ class OrthoGradTrainer(UnlearnTrainer):
         log_prob, lengths = sequence_log_prob(logits, labels)
         losses = -log_prob / lengths
         forget_ref = ref_log_prob if self.args.forget_loss == "npo" else None
-        forget_terms = self._forget_objective(log_prob, lengths, forget_ref)
+        forget_terms = forget_objective(log_prob, lengths, forget_ref, self.args.npo_beta)
         retain_terms = losses
         if ref_token_log_probs is not None:
-            retain_terms = _per_example_kl(ref_token_log_probs, logits, labels)
+            retain_terms = per_example_kl(ref_token_log_probs, logits, labels)
         return torch.where(is_forget, forget_terms, retain_terms)
 
     def _target_lengths(self, labels: Tensor) -> Tensor:
         return target_lengths(labels, bool(getattr(self.model_config, "is_encoder_decoder", False)))
 
-    def _reference_outputs(self, unwrapped: nn.Module, forget, joint, num_forget: int) -> "_Reference":
+    def _reference_outputs(self, unwrapped: nn.Module, forget, joint, num_forget: int) -> ReferenceOutputs:
         """π_ref's forget sequence log-probabilities (NPO) and retain token log-distributions (KL), without grad."""
-        reference = _Reference()
+        reference = ReferenceOutputs()
         if self.args.forget_loss == "npo":
             reference.forget_log_prob = reference_log_prob(
                 self.reference, unwrapped, lambda m: model_sequence_log_prob(m, forget, self.model_config)[0]
@@ -521,7 +265,7 @@ class OrthoGradTrainer(UnlearnTrainer):
             # Scored on the retain rows of the joint (padded) batch, so positions line up with the policy's logits.
             retain = {k: v[num_forget:] if isinstance(v, Tensor) else v for k, v in joint.items()}
             reference.retain_log_probs = reference_log_prob(
-                self.reference, unwrapped, lambda m: _log_softmax(model_target_logits(m, retain, self.model_config)[0])
+                self.reference, unwrapped, lambda m: log_softmax(model_target_logits(m, retain, self.model_config)[0])
             )
         return reference
 
@@ -530,14 +274,26 @@ class OrthoGradTrainer(UnlearnTrainer):
     def training_step(
         self, model: nn.Module, inputs: dict[str, Tensor | Any], num_items_in_batch: Tensor | int | None = None
     ) -> Tensor:
+        """One OrthoGrad step, in the order of the update rule (class docstring): the joint batch, π_ref's scores,
+        per-sample gradients and the direction ``d``, ``d`` handed to the optimizer, the objective logged."""
         model.train()
-        forget = self._prepare_inputs(inputs)
+        forget, joint, num_forget, num_retain = self._joint_batch(inputs)
+        unwrapped = self.accelerator.unwrap_model(model)
+        reference = self._reference_outputs(unwrapped, forget, joint, num_forget)
+        losses, retain_terms, update, diagnostics = self._per_sample_direction(
+            model, unwrapped, joint, num_forget, num_retain, reference
+        )
+        self._backward_direction(update)
+        return self._logged_objective(forget, num_forget, losses, retain_terms, reference, diagnostics)
+
+    def _joint_batch(self, inputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], int, int]:
+        """The step's forget batch, the next retain batch, and the two stacked into one joint batch (one forward)."""
+        forget = prepare_inputs(self, inputs)
         retain = self.next_retain_batch()
         num_forget = forget["labels"].shape[0]
         num_retain = retain["labels"].shape[0]
         if num_retain == 0:
             raise ValueError("The retain batch is empty: OrthoGrad needs at least one retain example per step.")
-        unwrapped = self.accelerator.unwrap_model(model)
         pad_token_id = getattr(self.model_config, "pad_token_id", None)  # vision configs have none
         joint = concatenate_batches(
             forget,
@@ -545,31 +301,31 @@ class OrthoGradTrainer(UnlearnTrainer):
             0 if pad_token_id is None else pad_token_id,
             bool(getattr(self.model_config, "is_encoder_decoder", False)),
         )
-        reference = self._reference_outputs(unwrapped, forget, joint, num_forget)
+        return forget, joint, num_forget, num_retain
 
+    def _per_sample_direction(self, model, unwrapped, joint, num_forget, num_retain, reference):
+        """``(ℓ [m+k], retain terms [k], {name: u_p}, diagnostics)``: per-sample gradients of the joint batch and the
+        projected direction, falling back to vmap for good if the fused capture meets a layer it cannot read."""
         try:
-            losses, retain_terms, update, diagnostics = self._capture_and_project(
-                model, unwrapped, joint, num_forget, num_retain, reference
-            )
+            return self._capture_and_project(model, unwrapped, joint, num_forget, num_retain, reference)
         except UnsupportedLayerError as error:
             # Found only once the step ran (a layer broadcast over the batch): fall back for good, redo this step.
             self._per_sample.clear()
             self._per_sample = self._fallback(unwrapped, error)
-            losses, retain_terms, update, diagnostics = self._capture_and_project(
-                model, unwrapped, joint, num_forget, num_retain, reference
-            )
+            return self._capture_and_project(model, unwrapped, joint, num_forget, num_retain, reference)
 
-        # ⟨p, d_p⟩ with d_p a constant is linear in p, so its gradient is exactly d_p: the optimizer, accumulation and
-        # DeepSpeed receive d through an ordinary backward, without touching `.grad` and without a second forward.
+    def _backward_direction(self, update: dict[str, Tensor]) -> None:
+        """Hand ``d`` to the optimizer: ⟨p, d_p⟩ with d_p a constant is linear in p, so its gradient is exactly d_p.
+        The optimizer, accumulation and DeepSpeed receive d through an ordinary backward, without touching `.grad`
+        and without a second forward."""
         parameters = self._per_sample.parameters
-        kwargs = {}
-        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
-            # DeepSpeed scales by the accumulation steps itself (transformers PR #35808): do it once, here.
-            kwargs["scale_wrt_gas"] = False
         with whole_parameters(list(parameters.values())):
             surrogate = sum((param * update[name].detach()).sum() for name, param in parameters.items())
-            self.accelerator.backward(surrogate / self.current_gradient_accumulation_steps, **kwargs)
+            backward_like_trainer(self, surrogate)
 
+    def _logged_objective(self, forget, num_forget, losses, retain_terms, reference, diagnostics) -> Tensor:
+        """Log the step's losses and diagnostics; return the unprojected objective ``α·L_r + (1 − α)·L_u`` divided by
+        the accumulation steps, as `Trainer.training_step` returns its loss (the projection does not change it)."""
         forget_loss = losses[:num_forget].mean()
         retain_loss = losses[num_forget:].mean()
         if reference.forget_log_prob is None:
@@ -587,7 +343,7 @@ class OrthoGradTrainer(UnlearnTrainer):
             self.log_metric(f"orthograd/{key}", value)
         alpha = self.args.retain_mix
         loss = alpha * retain_terms.mean() + (1.0 - alpha) * unlearn_loss
-        return (loss / self.current_gradient_accumulation_steps).detach()
+        return (loss / accumulation_steps(self)).detach()
 
     def _capture_and_project(self, model, unwrapped, joint, num_forget, num_retain, reference):
         try:
@@ -600,15 +356,10 @@ class OrthoGradTrainer(UnlearnTrainer):
         finally:
             self._per_sample.clear()  # drop the captured activations now (also on error), not at the next step
 
-    def _projected_update(self, num_forget: int, num_retain: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """``{name: u_p}``, the gradient handed to the optimizer (``d``, or ``D·d`` in preconditioned space), and the
-        diagnostics. Grams are global or per tensor, Euclidean or D-weighted; each group gets its own k×k solve."""
+    def _grams(self, num_forget: int, num_retain: int, per_tensor: bool, weights: dict[str, Tensor] | None):
+        """``(stacked Grams [n, N, N], forget mask [N], this process's rows, scale)`` over the samples projected
+        against: this process's (one process, or `projection_scope="local"`) or every process's (DESIGN §5)."""
         per_sample = self._per_sample
-        per_tensor = self.args.projection_granularity == "per_tensor"
-        weights = (
-            self._preconditioner(num_forget, num_retain) if self.args.projection_space == "preconditioned" else None
-        )
-        forget_mask = torch.arange(num_forget + num_retain) < num_forget
         if self.args.projection_scope == "global" and self.accelerator.num_processes > 1:
             # Project against every rank's retain samples; each rank keeps its own samples' coefficients and
             # the gradient all-reduce, which averages over ranks, sums the parts back (hence the scale).
@@ -617,9 +368,21 @@ class OrthoGradTrainer(UnlearnTrainer):
             scale = float(self.accelerator.num_processes)
         else:
             grams = per_sample.gram(per_tensor=per_tensor, weights=weights)
+            forget_mask = torch.arange(num_forget + num_retain) < num_forget
             local_rows, scale = slice(0, num_forget + num_retain), 1.0
         names = list(grams) if per_tensor else [None]
         stacked = torch.stack([grams[name] for name in names]) if per_tensor else grams.unsqueeze(0)  # [n, N, N]
+        return names, stacked, forget_mask, local_rows, scale
+
+    def _projected_update(self, num_forget: int, num_retain: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``{name: u_p}``, the gradient handed to the optimizer (``d``, or ``D·d`` in preconditioned space), and the
+        diagnostics. Grams are global or per tensor, Euclidean or D-weighted; each group gets its own k×k solve."""
+        per_tensor = self.args.projection_granularity == "per_tensor"
+        weights = None
+        if self.preconditioner is not None:
+            squares = self._per_sample.squares()
+            weights = self.preconditioner.update(squares, num_forget + num_retain, self.args.device)
+        names, stacked, forget_mask, local_rows, scale = self._grams(num_forget, num_retain, per_tensor, weights)
         mask = forget_mask.to(stacked.device)
         num_forget_total = int(forget_mask.sum())
         # With g_f = (1/m) Σ_j ∇φ(f_j): Gᵀg_f = K_rf·1/m and ‖g_f‖² = 1ᵀK_ff1/m² (`joint_gram_blocks`, per group).
@@ -640,36 +403,10 @@ class OrthoGradTrainer(UnlearnTrainer):
         vectors[:, ~mask] = direction.retain_coefficients.to(stacked)
         vectors = vectors[:, local_rows] * scale
         coefficients = dict(zip(names, vectors, strict=True)) if per_tensor else vectors[0]
-        update = per_sample.combine(coefficients)
+        update = self._per_sample.combine(coefficients)
         if weights is not None:
             update = {name: (weights[name] * u).to(u.dtype) for name, u in update.items()}
         return update, stacked_projection_diagnostics(retain_gram, cross, forget_sq_norm, direction)
-
-    def _preconditioner(self, num_forget: int, num_retain: int) -> dict[str, Tensor]:
-        """``D = 1/(√v̂ + ε)`` per parameter, Adam's diagonal preconditioner, after updating the second moment with
-        this step's per-sample gradients (forget and retain samples alike, over every process):
-        ``v ← β2·v + (1 − β2)·(1/N) Σ_i g_i²``, ``v̂ = v/(1 − β2^t)``, β2 = `adam_beta2`, ε = `adam_epsilon`.
-
-        Per-sample rather than the batch gradient: ``d`` lies in the span of the ``g_i``, so wherever ``d`` is
-        non-zero some ``g_i`` is, and D stays bounded there. The batch gradient ``ĝ`` can vanish on coordinates that
-        retain samples move (at α = 0, a token embedding seen only in the retain batch), where D = 1/ε would blow
-        the step up."""
-        counts = all_gather_counts([num_forget + num_retain], self.args.device)
-        total = sum(c[0] for c in counts)
-        squares = self._per_sample.squares()
-        names = list(squares)
-        all_reduce_mean_([squares[n] for n in names])  # (1/W) Σ_ranks; × W/N below gives the mean over samples
-        beta2, eps = self.args.adam_beta2, self.args.adam_epsilon
-        self._preconditioner_steps += 1
-        correction = 1.0 - beta2**self._preconditioner_steps
-        weights = {}
-        for name in names:
-            second = squares[name].float() * (len(counts) / total)
-            v = self._second_moment.get(name)
-            v = (1.0 - beta2) * second if v is None else beta2 * v + (1.0 - beta2) * second
-            self._second_moment[name] = v
-            weights[name] = 1.0 / ((v / correction).sqrt() + eps)
-        return weights
 
     def _capture_fused(self, model, unwrapped, joint, num_forget, reference) -> tuple[Tensor, Tensor]:
         capture = self._per_sample
@@ -715,7 +452,7 @@ class OrthoGradTrainer(UnlearnTrainer):
         if reference.retain_log_probs is not None:
             retain = reference.retain_log_probs
             joint["_reference_token_log_probs"] = torch.cat([retain.new_zeros(num_forget, *retain.shape[1:]), retain])
-        with _eager_attention(unwrapped):
+        with eager_attention(unwrapped):
             phi = self._per_sample.compute(joint)
         self.check_finite(phi, "per-example loss")
         retain_terms = phi[num_forget:]
@@ -727,29 +464,6 @@ class OrthoGradTrainer(UnlearnTrainer):
             plain = {k: v for k, v in joint.items() if not k.startswith("_")}
             task_losses = per_example_loss_from_log_prob(*model_sequence_log_prob(unwrapped, plain, config))
         return task_losses, retain_terms
-
-
-@dataclass
-class _Reference:
-    """What π_ref contributes to a step: forget sequence log-probs (NPO) and retain token log-probs (KL)."""
-
-    forget_log_prob: Tensor | None = None
-    retain_log_probs: Tensor | None = None
-
-
-def _log_softmax(logits: Tensor) -> Tensor:
-    """Log-probabilities in float32 for half-precision logits, in the logits' dtype otherwise (float64 tests)."""
-    return torch.log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, -1)
-
-
-def _per_example_kl(ref_log_probs: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
-    """``KL(π_ref ‖ π_θ)`` per example, averaged over its own target positions (labels ≠ −100) [B], so each example
-    weighs the same whatever its length (DESIGN §1)."""
-    log_probs = _log_softmax(logits)
-    ref_log_probs = ref_log_probs.to(log_probs.dtype)
-    token_kl = (ref_log_probs.exp() * (ref_log_probs - log_probs)).sum(-1)  # [B, T]
-    mask = (labels != IGNORE_INDEX).to(token_kl.dtype)
-    return (token_kl * mask).sum(-1) / mask.sum(-1)
 
 
 class GRUTrainer(OrthoGradTrainer):
@@ -767,31 +481,3 @@ class GRUTrainer(OrthoGradTrainer):
     _name = "GRU"
     _tag_names = UnlearnTrainer._tag_names + ["gru", "orthograd"]
     _paper = {"title": "GRU: Mitigating the Trade-off between Unlearning and Retention for LLMs", "id": "2503.09117"}
-
-
-def _refuse_batch_norm(model: nn.Module) -> None:
-    """The Trainer switches every module to training mode at each step, so a BatchNorm couples the samples of a batch
-    (per-sample gradients undefined) unless it is frozen in eval mode. Refuse at construction, not at the first step."""
-    refuse_batch_norm_in_training(model, "OrthoGrad's per-sample projection")
-
-
-@contextlib.contextmanager
-def _eager_attention(model: nn.Module) -> Iterator[None]:
-    """Run a transformers model with eager attention for the duration of the block.
-
-    transformers' SDPA mask builder skips the mask when the padding mask is all ones (`_ignore_causal_mask_sdpa`),
-    a branch on tensor values that `torch.func.vmap` cannot run; the eager path builds the mask without branching and
-    computes the same attention. Remove when transformers' SDPA mask creation is vmap-safe.
-    """
-    from peft import PeftModel
-
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
-    if not isinstance(base, PreTrainedModel) or base.config._attn_implementation == "eager":
-        yield
-        return
-    previous = base.config._attn_implementation
-    base.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        base.set_attn_implementation(previous)
