@@ -7,7 +7,8 @@
 
 The methods' own maths lives with each method: OrthoGrad's projection in `hf_unlearn.methods.orthograd.projection`
 (and `.global_gram`), LUR's virtual step and meta-gradient in `hf_unlearn.methods.lur.meta`. Their old import paths
-here still work for one release, with a FutureWarning.
+here still work for one release, with a FutureWarning, for the names the library still has (the single-group
+projection helpers that only tests used are now test references, `tests/gradients/projection_reference.py`).
 """
 
 import warnings
@@ -31,17 +32,7 @@ __all__ = [
 # Names that moved to their method's package in this release → their new module (old paths kept for one release).
 _MOVED = {
     **dict.fromkeys(["LURObjective", "LURStep", "batch_loss_fn", "trainable_parameters", "virtual_step"], "lur.meta"),
-    **dict.fromkeys(
-        [
-            "OrthoGradDirection",
-            "joint_gram_blocks",
-            "orthogonal_projection_coefficients",
-            "orthograd_direction",
-            "projection_diagnostics",
-            "rank_one_projection_coefficients",
-        ],
-        "orthograd.projection",
-    ),
+    "OrthoGradDirection": "orthograd.projection",
 }
 
 

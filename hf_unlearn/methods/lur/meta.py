@@ -354,7 +354,7 @@ class LURObjective:
     micro-batch through ``accelerator.backward``. With several processes pass ``all_reduce_mean`` (the virtual step
     and, in second order, the outer gradient then use global means, see `_distributed_outer`) and average the
     surrogate's gradient over processes after the backward (DeepSpeed's engine does it). Under DeepSpeed ZeRO-3, call
-    it and the backward inside `hf_unlearn.distributed.whole_parameters(θ)`: ZeRO-3 keeps θ whole only inside the
+    it and the backward inside `hf_unlearn.integrations.deepspeed.whole_parameters(θ)`: ZeRO-3 keeps θ whole only inside the
     forward of the module that owns it, and the step reads θ outside (`batch_loss_fn` then evaluates θ' through
     forward hooks rather than `functional_call`).
 

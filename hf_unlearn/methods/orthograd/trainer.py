@@ -33,7 +33,7 @@ from .config import OrthoGradConfig
 from .global_gram import global_gram
 from .objective import ReferenceOutputs, forget_objective, log_softmax, per_example_kl
 from .preconditioner import DiagonalPreconditioner
-from .projection import stacked_orthograd_directions, stacked_projection_diagnostics
+from .projection import joint_gram_blocks, stacked_orthograd_directions, stacked_projection_diagnostics
 
 
 logger = logging.get_logger(__name__)
@@ -385,11 +385,7 @@ class OrthoGradTrainer(UnlearnTrainer):
         names, stacked, forget_mask, local_rows, scale = self._grams(num_forget, num_retain, per_tensor, weights)
         mask = forget_mask.to(stacked.device)
         num_forget_total = int(forget_mask.sum())
-        # With g_f = (1/m) Σ_j ∇φ(f_j): Gᵀg_f = K_rf·1/m and ‖g_f‖² = 1ᵀK_ff1/m² (`joint_gram_blocks`, per group).
-        retain_rows = stacked[:, ~mask]
-        retain_gram = retain_rows[:, :, ~mask]
-        cross = retain_rows[:, :, mask].sum(-1) / num_forget_total
-        forget_sq_norm = stacked[:, mask][:, :, mask].sum((-1, -2)) / num_forget_total**2
+        retain_gram, cross, forget_sq_norm = joint_gram_blocks(stacked, mask)
         direction = stacked_orthograd_directions(
             retain_gram,
             cross,
