@@ -4,7 +4,7 @@ Two backends implement it: [`FusedGradientCapture`] reads ``g_i = ∇ℓ_i`` off
 input and output gradient (no per-sample gradient is materialised for the Gram), and [`VmapPerSampleGradients`]
 computes them with `torch.func.vmap` for any trainable parameters. How the per-sample losses are produced differs
 (``capture.backward(losses)`` inside the ``with`` block, or ``vmap.compute(batch)``); every readout below is the same,
-so a method such as OrthoGrad is written once against this Protocol.
+so OrthoGrad is written once against this Protocol.
 """
 
 from collections.abc import Mapping

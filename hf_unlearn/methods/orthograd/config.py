@@ -24,11 +24,12 @@ class OrthoGradConfig(UnlearnConfig):
         > OrthoGrad objective
 
         retain_mix (`float`, *optional*, defaults to `0.5`):
-            α ∈ [0, 1) in ``d = α·ḡ_r − (1 − α)·P⊥ g_f``. At `0` the update is orthogonal to every per-sample retain
-            gradient (no retain loss moves to first order) but nothing pulls the retain loss down; `0.5` weighs plain
-            retain descent and projected unlearning equally. The paper does not fix α for every task; `0.5` is this
-            library's default (α was called `retain_weight` before; that name is accepted for one release with a
-            FutureWarning, and `retain_weight` is otherwise unused by OrthoGrad).
+            α ∈ [0, 1), the weight of plain retain descent in the update rule ([`OrthoGradTrainer`]). At `0` the
+            update is orthogonal to every per-sample retain gradient (no retain loss moves to first order) but nothing
+            pulls the retain loss down; `0.5` weighs plain retain descent and projected unlearning equally. The paper
+            does not fix α for every task; `0.5` is this library's default (α was called `retain_weight` before; that
+            name is accepted for one release with a FutureWarning, and `retain_weight` is otherwise unused by
+            OrthoGrad).
         projection_tolerance (`float` or `None`, *optional*, defaults to `None`):
             Relative eigenvalue cut-off of the retain Gram: directions of span(G) with eigenvalue below
             ``tolerance·λ_max`` are treated as noise and not projected out. `None` uses ``10·k·eps`` of the Gram's
