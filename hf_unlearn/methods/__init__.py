@@ -1,4 +1,5 @@
-"""One module per unlearning method: `<Name>Config` + `<Name>Trainer`."""
+"""One module per unlearning method (`<Name>Config` + `<Name>Trainer`); OrthoGrad (with GRU) and LUR are each a
+package holding their config, trainer and maths."""
 
 from .grad_ascent import GradAscentConfig, GradAscentTrainer
 from .grad_diff import GradDiffConfig, GradDiffTrainer
