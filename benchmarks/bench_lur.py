@@ -109,7 +109,7 @@ def step_functions(model, forget, retain, inner_lr: float, gamma: float = 1.0):
     import torch
 
     from hf_unlearn import LURTrainer
-    from hf_unlearn.gradients.meta import LURObjective, batch_loss_fn, trainable_parameters
+    from hf_unlearn.methods.lur.meta import LURObjective, batch_loss_fn, trainable_parameters
     from hf_unlearn.losses import model_per_example_loss
 
     def graddiff():

@@ -245,19 +245,19 @@ def build(name: str, args, k: int):
     trainers = {}
     for method, (trainer_cls, config_cls, extra) in {
         "graddiff": (GradDiffTrainer, GradDiffConfig, {"retain_weight": 1.0}),
-        "fused": (OrthoGradTrainer, OrthoGradConfig, {"per_sample_gradients": "fused", "retain_weight": 0.0}),
-        "vmap": (OrthoGradTrainer, OrthoGradConfig, {"per_sample_gradients": "vmap", "retain_weight": 0.0}),
+        "fused": (OrthoGradTrainer, OrthoGradConfig, {"per_sample_gradients": "fused", "retain_mix": 0.0}),
+        "vmap": (OrthoGradTrainer, OrthoGradConfig, {"per_sample_gradients": "vmap", "retain_mix": 0.0}),
         "per_tensor": (
             OrthoGradTrainer,
             OrthoGradConfig,
-            {"per_sample_gradients": "fused", "retain_weight": 0.0, "projection_granularity": "per_tensor"},
+            {"per_sample_gradients": "fused", "retain_mix": 0.0, "projection_granularity": "per_tensor"},
         ),
         "preconditioned": (
             OrthoGradTrainer,
             OrthoGradConfig,
             {
                 "per_sample_gradients": "fused",
-                "retain_weight": 0.0,
+                "retain_mix": 0.0,
                 "projection_space": "preconditioned",
                 "optim": "sgd",
             },
@@ -282,8 +282,8 @@ def loop_step(model, forget, retain, config):
     """OrthoGrad by a per-sample loop (α = 0): the reference cost, kept out of the library on purpose."""
     import torch
 
-    from hf_unlearn.gradients import orthograd_direction
     from hf_unlearn.losses import model_per_example_loss
+    from hf_unlearn.methods.orthograd.projection import stacked_orthograd_directions
 
     params = [p for p in model.parameters() if p.requires_grad]
     g_f = torch.cat(
@@ -295,8 +295,8 @@ def loop_step(model, forget, retain, config):
         loss = model_per_example_loss(model, single, config)[0]
         rows.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]).float())
     G = torch.stack(rows)  # [k, P]
-    direction = orthograd_direction(G @ G.T, G @ g_f, 0.0)
-    d = direction.retain_coefficients @ G + direction.forget_coefficient * g_f
+    direction = stacked_orthograd_directions((G @ G.T)[None], (G @ g_f)[None], 0.0)
+    d = direction.retain_coefficients[0] @ G + direction.forget_coefficient * g_f
     surrogate, offset = 0, 0
     for p in params:
         surrogate = surrogate + (p * d[offset : offset + p.numel()].view_as(p).to(p.dtype)).sum()

@@ -209,10 +209,12 @@ def grid(method: str, weights: Mapping[str, Sequence[float | None]], learning_ra
     return points
 
 
-def point_args(point: Mapping) -> list[str]:
+def point_args(point: Mapping, method: str = "graddiff") -> list[str]:
+    from hf_unlearn.methods import retain_knob
+
     argv = ["--learning_rate", repr(point["learning_rate"])]
     if point["weight"] is not None:
-        argv += ["--retain_weight", repr(point["weight"])]
+        argv += [f"--{retain_knob(method)}", repr(point["weight"])]
     return argv
 
 
@@ -224,6 +226,8 @@ def point_name(point: Mapping) -> str:
 def run_method(benchmark: Benchmark, method: str, run_dir: Path, seed: int, extra: Sequence[str]) -> dict:
     """One recipe run in this process; returns its metrics, resolved weight, steps, wall time and log history."""
     import importlib
+
+    from hf_unlearn.methods import retain_knob
 
     recipe = importlib.import_module(benchmark.recipe)
     argv = [*benchmark.run_args, "--method", method, "--seed", str(seed), "--output_dir", str(run_dir)]
@@ -237,7 +241,7 @@ def run_method(benchmark: Benchmark, method: str, run_dir: Path, seed: int, extr
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
     return {
         "metrics": results,
-        "retain_weight": resolved.get("retain_weight"),
+        "retain_weight": resolved.get(retain_knob(method)),  # the method's own weight (λ, α or γ)
         "learning_rate": resolved.get("learning_rate"),
         "max_steps": resolved.get("max_steps"),
         "stopped_step": state.get("global_step"),
@@ -280,7 +284,7 @@ def evaluate_method(
         for point in points:
             print(f"=== {method}: grid {point_name(point)} (validation seed {validation_seed})", flush=True)
             run = runner(benchmark, method, runs_dir / method / point_name(point), validation_seed,
-                         [*point_args(point), *extra])  # fmt: skip
+                         [*point_args(point, method), *extra])  # fmt: skip
             references = references or reference_metrics(run)
             grid_runs.append({**point, **scored(benchmark, run)})
         best = min(grid_runs, key=lambda r: math.inf if r["avg_gap"] is None else r["avg_gap"])
@@ -290,7 +294,7 @@ def evaluate_method(
     seed_runs = []
     for seed in seeds:
         print(f"=== {method}: {point_name(chosen)}, seed {seed}", flush=True)
-        run = runner(benchmark, method, runs_dir / method / f"seed{seed}", seed, [*point_args(chosen), *extra])
+        run = runner(benchmark, method, runs_dir / method / f"seed{seed}", seed, [*point_args(chosen, method), *extra])
         references = references or reference_metrics(run)
         seed_runs.append({"seed": seed, **scored(benchmark, run)})
     return {"chosen": chosen, "grid": grid_runs, "seeds": seed_runs}, references

@@ -1,7 +1,9 @@
 """`UnlearnConfig`: the `TrainingArguments` fields every unlearning method shares."""
 
 import logging
+import warnings
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from transformers import TrainingArguments
 
@@ -27,8 +29,9 @@ class UnlearnConfig(TrainingArguments):
         > Unlearning objective
 
         retain_weight (`float`, *optional*, defaults to `1.0`):
-            Weight of the retain loss in the objective (λ of GradDiff/NPO, α of OrthoGrad, γ of LUR; each method's
-            docstring states its role). `0` turns the retain term off.
+            Weight of the retain loss in the objective (λ of GradDiff/NPO/SimNPO/SalUn, γ of LUR and SCRUB): one
+            meaning in every config. `0` turns the retain term off. OrthoGrad/GRU mix the two terms with
+            `retain_mix` (α ∈ [0, 1)) instead.
         per_device_retain_batch_size (`int` or `None`, *optional*, defaults to `None`):
             Retain examples per device and step. `None` uses `per_device_train_batch_size`.
 
@@ -55,9 +58,11 @@ class UnlearnConfig(TrainingArguments):
 
     # `HfArgumentParser` lists these fields under their own heading in `--help` (a class attribute, not a field).
     _argument_group_name = "method and training (the method's config; TrainingArguments fields included)"
+    # Fields renamed in this release, old name → new name (see `take_renamed_fields`); not fields themselves.
+    renamed_fields: ClassVar[dict[str, str]] = {}
 
     retain_weight: float = field(
-        default=1.0, metadata={"help": "Weight of the retain term; its exact role is stated by each method."}
+        default=1.0, metadata={"help": "Weight of the retain loss term (lambda/gamma); 0 turns it off."}
     )
     per_device_retain_batch_size: int | None = field(
         default=None, metadata={"help": "Retain examples per device and step (default: per_device_train_batch_size)."}
@@ -93,7 +98,7 @@ class UnlearnConfig(TrainingArguments):
                 f"per_device_retain_batch_size must be >= 1, got {self.per_device_retain_batch_size}; set "
                 "retain_weight=0 to drop the retain term instead."
             )
-        if self.retain_weight < 0:
+        if self.retain_weight is not None and self.retain_weight < 0:
             raise ValueError(f"retain_weight must be >= 0, got {self.retain_weight}.")
         if launcher_world_size() > 1 and not accelerator_available() and not self.use_cpu:
             # Without an accelerator, processes that do not ask for the CPU never join a process group (each would
@@ -106,3 +111,34 @@ class UnlearnConfig(TrainingArguments):
             # Pinned memory only speeds up host-to-accelerator copies; without one, torch warns on every dataloader.
             self.dataloader_pin_memory = False
         super().__post_init__()
+
+    @property
+    def has_retain_term(self) -> bool:
+        """Whether the objective has a retain term, so that the trainer draws retain batches."""
+        return bool(self.retain_weight)
+
+
+def deprecated_alias(help_text: str, new_name: str) -> Any:
+    """A config field kept for one release under its old name: ``None`` unless the user sets it. List it in the
+    config's `renamed_fields`; `take_renamed_fields` moves its value to the new name, and the model card skips it."""
+    return field(
+        default=None, metadata={"help": f"Deprecated: use {new_name} ({help_text}); removed in the next release."}
+    )
+
+
+def take_renamed_fields(config: "UnlearnConfig") -> None:
+    """Move each value given under a field's old name (`config.renamed_fields`: old → new) to its new name, with a
+    FutureWarning naming the new name; the old field is reset to ``None`` so that saved arguments carry each value
+    once, under its new name. Call it first in `__post_init__`, before the new fields are validated."""
+    for old_name, new_name in config.renamed_fields.items():
+        value = getattr(config, old_name)
+        if value is None:
+            continue
+        warnings.warn(
+            f"{type(config).__name__}({old_name}=...) is deprecated and will be removed in the next release: use "
+            f"{new_name}={value!r} instead.",
+            FutureWarning,
+            stacklevel=4,  # the user's call: here ← the config's __post_init__ ← the dataclass __init__ ← user
+        )
+        setattr(config, new_name, value)
+        setattr(config, old_name, None)

@@ -1,12 +1,11 @@
-"""Process-group helpers the methods share: launcher checks and the few collectives the retain-aware steps need.
+"""Process-group helpers the methods share: launcher checks and the few collectives the retain-aware steps need
+(why these and not accelerate's `reduce`/`gather`: `hf_unlearn.integrations.accelerate`).
 
 Everything here is a no-op on one process, so single-device code paths stay exactly what they were.
 """
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -100,75 +99,3 @@ def all_gather_rows(tensor: Tensor, counts: list[int] | None = None) -> Tensor:
     gathered = [torch.empty_like(padded) for _ in counts]
     dist.all_gather(gathered, padded.contiguous())
     return torch.cat([g[:n] for g, n in zip(gathered, counts, strict=True)])
-
-
-def zero_stage(accelerator) -> int | None:
-    """The DeepSpeed ZeRO stage the accelerator runs, `None` without DeepSpeed."""
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    return None if plugin is None else plugin.zero_stage
-
-
-@contextlib.contextmanager
-def whole_model_loading() -> Iterator[None]:
-    """`from_pretrained` loads whole weights on every process, even under a DeepSpeed ZeRO-3 config.
-
-    transformers otherwise builds models inside `deepspeed.zero.Init` as soon as a ZeRO-3 `TrainingArguments` exists:
-    a collective per parameter, so every rank must load the same models at the same moment, and the models come out
-    partitioned and unusable outside the engine (the exact-retrain reference, an evaluation before `train`). With a
-    LoRA adapter the frozen base fits on each device anyway; the engine partitions it when training starts.
-    """
-    try:
-        from transformers.integrations import deepspeed as hf_deepspeed
-    except ImportError:
-        yield
-        return
-    reference = hf_deepspeed._hf_deepspeed_config_weak_ref
-    config = reference() if reference is not None else None
-    hf_deepspeed.unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        if config is not None:
-            hf_deepspeed.set_hf_deepspeed_config(config)
-
-
-def zero3_partitioned(parameters) -> list[torch.nn.Parameter]:
-    """Those of `parameters` that DeepSpeed ZeRO-3 manages (it tags each with a `ds_id`), whatever their state now."""
-    return [p for p in parameters if hasattr(p, "ds_id")]
-
-
-# Marks a parameter as in use by `whole_parameters`, next to the ids of the ZeRO-3 modules whose forward holds it.
-_WHOLE_PARAMETERS_HOLD = "hf_unlearn.whole_parameters"
-
-
-@contextlib.contextmanager
-def whole_parameters(parameters: list[torch.nn.Parameter]) -> Iterator[None]:
-    """Inside the block, ZeRO-3-partitioned `parameters` are whole on every process and stay whole; a no-op otherwise.
-
-    ZeRO-3 gathers a parameter only while the module that owns it runs its forward or backward. The meta steps also
-    read the trainable (LoRA) weights outside any module: a surrogate ``⟨p, d_p⟩``, a virtual step ``θ − β·g``,
-    `torch.autograd.grad` with respect to them, and the backward that accumulates into ``p.grad`` (which needs ``p``
-    whole). The block gathers them once and marks them in use, which DeepSpeed's release respects, so module hooks
-    inside the block do not partition them midway; on exit the ones this block gathered are partitioned again. Keep
-    the optimizer step outside the block: it writes the partitions, and only then are the whole copies refreshed.
-    """
-    tracked = zero3_partitioned(parameters)
-    if not tracked:
-        yield
-        return
-    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
-
-    gathered = [p for p in tracked if p.ds_status == ZeroParamStatus.NOT_AVAILABLE]
-    if gathered:
-        gathered[0].all_gather(param_list=gathered)
-    for param in tracked:
-        param.ds_active_sub_modules.add(_WHOLE_PARAMETERS_HOLD)
-    try:
-        yield
-    finally:
-        for param in tracked:
-            param.ds_active_sub_modules.discard(_WHOLE_PARAMETERS_HOLD)
-        # Those a module still holds (a forward whose backward never ran) are DeepSpeed's to release at its step.
-        release = [p for p in gathered if p.ds_status == ZeroParamStatus.AVAILABLE and not p.ds_active_sub_modules]
-        if release:
-            release[0].partition(param_list=release)

@@ -62,6 +62,17 @@ def npo_per_example_loss(seq_log_prob: Tensor, ref_seq_log_prob: Tensor, beta: f
     return (2.0 / beta) * torch.nn.functional.softplus(beta * (seq_log_prob - ref_seq_log_prob))
 
 
+def unlearning_loss(
+    seq_log_prob: Tensor, lengths: Tensor, ref_seq_log_prob: Tensor | None = None, npo_beta: float = 0.1
+) -> Tensor:
+    """The unlearning objective ``L_u`` per example, ``[B]``, which GA, NPO, OrthoGrad and LUR lower (written once):
+    gradient ascent's ``−ℓ_j = log π(y_j|x_j)/|y_j|`` without a reference, NPO's
+    ``(2/β)·softplus(β·(log π_θ − log π_ref))`` (`npo_per_example_loss`) with one."""
+    if ref_seq_log_prob is None:
+        return seq_log_prob / lengths
+    return npo_per_example_loss(seq_log_prob, ref_seq_log_prob, npo_beta)
+
+
 def align_logits_and_labels(logits: Tensor, labels: Tensor, is_encoder_decoder: bool) -> tuple[Tensor, Tensor]:
     """Causal LMs predict token t+1 at position t (labels are the inputs, unshifted, as in transformers);
     seq2seq decoders are fed shifted inputs, so their logits already line up with their labels."""

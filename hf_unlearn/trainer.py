@@ -3,7 +3,6 @@
 import logging
 import os
 import shutil
-import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -27,10 +26,15 @@ from .distributed import check_process_count
 from .eval.evaluator import ASREvaluator, ShardPlan, SplitEvaluator
 from .hub import model_card as hub_card
 from .hub import trainer_card
+from .integrations.peft import get_peft_model_quietly
+from .integrations.transformers import attention_implementation, prepare_inputs, require_trainer_hooks
 from .losses import model_per_example_loss
 
 
 logger = logging.getLogger(__name__)
+
+
+require_trainer_hooks()  # the private hooks overridden below still exist (hf_unlearn.integrations.transformers)
 
 
 class UnlearnTrainer(Trainer):
@@ -118,7 +122,7 @@ class UnlearnTrainer(Trainer):
                 "The forget set is empty: pass forget_dataset with at least one example (check the speaker/author "
                 "filter that built it)."
             )
-        needs_retain = self.uses_retain_batch and args.retain_weight > 0
+        needs_retain = self.uses_retain_batch and args.has_retain_term
         if needs_retain and (retain_dataset is None or len(retain_dataset) == 0):
             raise ValueError(
                 f"{type(self).__name__} with retain_weight={args.retain_weight} needs a non-empty retain_dataset; "
@@ -126,18 +130,10 @@ class UnlearnTrainer(Trainer):
             )
         check_no_overlap(forget_dataset, retain_dataset if needs_retain else None, args.allow_overlap)
         if peft_config is not None:
-            from peft import get_peft_model
-
             # The adapter's random init must follow args.seed, not whatever consumed the global RNG before (e.g.
             # training a reference model in the same process); Trainer only seeds later, in super().__init__.
             set_seed(args.seed)
-            with warnings.catch_warnings():
-                # peft (checked 0.21.2) reads `model.is_gradient_checkpointing`, which transformers (5.x) deprecates
-                # with a FutureWarning on every run; nothing for the user to do. Drop when peft reads the new name.
-                warnings.filterwarnings(
-                    "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
-                )
-                model = get_peft_model(model, peft_config)
+            model = get_peft_model_quietly(model, peft_config)
         _check_trainable_parameters(model)
         _check_vocabulary_fits(model, processing_class)
 
@@ -194,7 +190,7 @@ class UnlearnTrainer(Trainer):
             raise RuntimeError(f"{type(self).__name__} has no retain stream (retain_weight=0 or no retain_dataset).")
         if "retain" not in self._streams:
             self.register_stream("retain", self.get_retain_dataloader)
-        return self._prepare_inputs(self._streams["retain"].next())
+        return prepare_inputs(self, self._streams["retain"].next())
 
     def register_stream(self, name: str, make_dataloader: Callable[[], DataLoader]) -> CyclingStream:
         """A second data stream (beside the Trainer's forget stream) whose position every checkpoint saves.
@@ -230,7 +226,7 @@ class UnlearnTrainer(Trainer):
 
     def weighted_retain_loss(self, model: nn.Module) -> torch.Tensor | float:
         """``λ·L_r`` on the next retain batch (and logged), or ``0`` when the retain term is off."""
-        if self.args.retain_weight == 0 or not self.uses_retain_batch:
+        if not self.args.has_retain_term or not self.uses_retain_batch:
             return 0.0
         retain_loss = self.per_example_loss(model, self.next_retain_batch()).mean()
         self.log_metric("retain/loss", retain_loss)
@@ -303,6 +299,8 @@ class UnlearnTrainer(Trainer):
         return torch.load(path, weights_only=True)
 
     # ------------------------------------------------------------------ checkpoints
+    # `_save_checkpoint` and `_get_output_dir` override private Trainer hooks: `require_trainer_hooks` (run at import,
+    # hf_unlearn.integrations.transformers) fails loudly if a transformers release renames or re-signs them.
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         """Write the checkpoint into `.tmp-checkpoint-N/` and rename it to `checkpoint-N` once complete.
@@ -347,8 +345,8 @@ class UnlearnTrainer(Trainer):
         self.accelerator.wait_for_everyone()
 
     def _get_output_dir(self, trial: Any) -> str:
-        # Checked against transformers 5.24: `Trainer._save_checkpoint` writes `<_get_output_dir()>/checkpoint-N`;
-        # while saving, that is the staging folder.
+        # `Trainer._save_checkpoint` writes `<_get_output_dir()>/checkpoint-N`; while saving, that is the staging
+        # folder (checked against transformers 5.24; see `require_trainer_hooks`).
         staging = getattr(self, "_staging_dir", None)
         return staging if staging is not None else super()._get_output_dir(trial)
 
@@ -481,7 +479,7 @@ class UnlearnTrainer(Trainer):
         try:
             losses = []
             for batch in self.get_eval_dataloader(dataset):
-                batch = self._prepare_inputs(batch)
+                batch = prepare_inputs(self, batch)
                 with self.autocast_smart_context_manager():
                     per_example = self.per_example_loss(model, batch).float()
                 # Per batch: gather_for_metrics drops the duplicates padding the last one only while it is current.
@@ -543,8 +541,7 @@ def gradient_checkpointing_refusal(args: UnlearnConfig, model_config: Any) -> st
                 "reentrant gradient checkpointing is invisible to torch.autograd.grad, which the inner step needs: "
                 "pass gradient_checkpointing_kwargs={'use_reentrant': False} (transformers' default)."
             )
-        # Checked against transformers 5.24: `config._attn_implementation` names the attention kernel in use.
-        attention = getattr(model_config, "_attn_implementation", None)
+        attention = attention_implementation(model_config)
         if args.meta_order == "second" and attention != "eager":
             return (
                 f"meta_order='second' differentiates through checkpointed forwards, which {attention!r} attention "

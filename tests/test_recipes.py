@@ -72,7 +72,7 @@ def test_recipe_with_a_locally_saved_model(default_run, tmp_path):
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     from hf_unlearn.data import SpeechCorpusConfig, build_speech_corpus
-    from hf_unlearn.models.reference import ReferenceTrainingConfig, train_reference_model
+    from hf_unlearn.models.speech_benchmark_models import ReferenceTrainingConfig, train_reference_model
 
     corpus = build_speech_corpus(SpeechCorpusConfig.tiny(), "speaker_0")
     base = train_reference_model(corpus, "base", training_config=ReferenceTrainingConfig.tiny(seed=0))

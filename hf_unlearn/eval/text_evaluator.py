@@ -33,8 +33,8 @@ from torch import Tensor, nn
 
 from hf_unlearn import losses
 from hf_unlearn.data.text_collators import DEFAULT_PROMPT_TEMPLATE, QACollator
-from hf_unlearn.distributed import zero3_partitioned
 from hf_unlearn.eval import tofu
+from hf_unlearn.integrations.deepspeed import zero3_partitioned
 from hf_unlearn.losses import align_logits_and_labels
 
 

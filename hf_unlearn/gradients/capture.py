@@ -15,8 +15,9 @@ import torch
 from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
-from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..integrations.peft import lora_variants
+from ..integrations.torch import is_batch_norm
 from .samplers import LINEAR, GramMethod, LayerSampler, UnsupportedLayerError, sampler_for, trainable
 
 
@@ -38,7 +39,7 @@ def refuse_batch_norm(model: nn.Module) -> None:
     """Per-sample gradients assume sample i's loss depends on sample i only; BatchNorm with batch statistics breaks
     that, and no per-sample method can recover ``∇ℓ_i`` from a coupled forward."""
     for name, module in model.named_modules():
-        if isinstance(module, _BatchNorm) and (module.training or not module.track_running_stats):
+        if is_batch_norm(module) and (module.training or not module.track_running_stats):
             raise ValueError(
                 f"`{name}` is a {type(module).__name__} using batch statistics, so samples are not independent and "
                 "per-sample gradients are undefined. Put BatchNorm layers in eval mode (`module.eval()`), or replace "
@@ -443,7 +444,7 @@ def _find_layers(model: nn.Module, strict: bool) -> dict[str, tuple[nn.Module, L
     layers = {}
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer):
-            for adapter, variant in getattr(module, "lora_variant", {}).items():
+            for adapter, variant in lora_variants(module).items():
                 if adapter in module.lora_A and any(p.requires_grad for p in module.lora_A[adapter].parameters()):
                     raise UnsupportedLayerError(
                         name,
@@ -507,9 +508,9 @@ def _find_lora_linears(model: nn.Module, adapter_name: str | None) -> dict[str, 
             pair = {"lora_A": module.lora_A[adapter], "lora_B": module.lora_B[adapter]}
             if not any(p.requires_grad for sub in pair.values() for p in sub.parameters()):
                 continue
-            if adapter in module.lora_variant:
+            if adapter in lora_variants(module):
                 raise ValueError(
-                    f"`{name}` uses the LoRA variant {type(module.lora_variant[adapter]).__name__} (e.g. DoRA), which "
+                    f"`{name}` uses the LoRA variant {type(lora_variants(module)[adapter]).__name__} (e.g. DoRA), which "
                     "uses the lora_A/lora_B weights outside their forward calls, so hooks cannot see all of their "
                     "gradient. Use plain LoRA (use_dora=False) or `VmapPerSampleGradients`."
                 )

@@ -24,11 +24,11 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, HFValidationError, filter_repo_objects, validate_repo_id
 from transformers import TrainingArguments
 
+from ..integrations.transformers import TRAINER_PUSH_IGNORE_PATTERNS
+
 
 # Package data, so wheel installs have it too (the repository's `model_cards/unlearned_model.md` is a link to it).
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "unlearned_model.md"
-# What `Trainer.push_to_hub` / `_push_from_checkpoint` leave out of the upload of `output_dir`.
-TRAINER_IGNORE_PATTERNS = ["_*", "checkpoint-*"]
 # `TrainingArguments` fields that say how the unlearning run was trained (the rest are I/O and logging).
 TRAINING_FIELDS = (
     "learning_rate",
@@ -113,8 +113,10 @@ NOT_HYPERPARAMETERS = frozenset({"overwrite_output_dir", "generation_max_new_tok
 
 
 def method_hyperparameters(args: TrainingArguments) -> dict[str, Any]:
-    """The config fields a method adds on top of `TrainingArguments` (retain_weight, beta, inner_lr, ...)."""
+    """The config fields a method adds on top of `TrainingArguments` (retain_weight, npo_beta, inner_lr, ...)."""
     skip = {f.name for f in fields(TrainingArguments)} | NOT_HYPERPARAMETERS
+    # A renamed field's old name (`beta` of `npo_beta`, ...) is None once its value moved to the new name: not shown.
+    skip |= set(getattr(args, "renamed_fields", {}))
     return {f.name: getattr(args, f.name) for f in fields(type(args)) if f.name not in skip}
 
 
@@ -335,5 +337,5 @@ def upload_file_list(folder: str | os.PathLike) -> list[str]:
     """Files of `folder` that `Trainer.push_to_hub` would upload: its own ignore patterns plus huggingface_hub's."""
     folder = Path(folder)
     relative = sorted(path.relative_to(folder).as_posix() for path in folder.glob("**/*") if path.is_file())
-    ignore = TRAINER_IGNORE_PATTERNS + list(DEFAULT_IGNORE_PATTERNS)
+    ignore = TRAINER_PUSH_IGNORE_PATTERNS + list(DEFAULT_IGNORE_PATTERNS)
     return list(filter_repo_objects(relative, ignore_patterns=ignore))

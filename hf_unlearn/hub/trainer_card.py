@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..integrations.transformers import save_model_internal
 from . import model_card as hub_card
 from .local_paths import command_without_local_paths, scrub_upload_folder
 from .usage import task_of, usage_snippet
@@ -166,7 +167,7 @@ def save_for_hub(trainer: "UnlearnTrainer", folder: str | os.PathLike) -> list[s
             for relative in hub_card.upload_file_list(source):
                 (folder / relative).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source / relative, folder / relative)
-    trainer.save_model(str(folder), _internal_call=True)  # all processes: sharded models gather here
+    save_model_internal(trainer, str(folder))  # all processes: sharded models gather here
     if not trainer.is_world_process_zero():
         return []
     if trainer._forget_fingerprint is None:

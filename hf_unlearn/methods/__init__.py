@@ -1,4 +1,5 @@
-"""One module per unlearning method: `<Name>Config` + `<Name>Trainer`."""
+"""One module per unlearning method (`<Name>Config` + `<Name>Trainer`); OrthoGrad (with GRU) and LUR are each a
+package holding their config, trainer and maths."""
 
 from .grad_ascent import GradAscentConfig, GradAscentTrainer
 from .grad_diff import GradDiffConfig, GradDiffTrainer
@@ -23,8 +24,16 @@ METHODS = {
     "scrub": (SCRUBConfig, SCRUBTrainer),
 }
 
+
+def retain_knob(method: str) -> str:
+    """The config field that balances forgetting against retention for a `--method`: `retain_mix` (α ∈ [0, 1)) for
+    OrthoGrad and GRU, `retain_weight` (the retain term's weight λ/γ) for every other method."""
+    return "retain_mix" if method in ("orthograd", "gru") else "retain_weight"
+
+
 __all__ = [
     "METHODS",
+    "retain_knob",
     "GradAscentConfig",
     "GradAscentTrainer",
     "GradDiffConfig",

@@ -1,9 +1,10 @@
 """Negative Preference Optimization (NPO): gradient ascent with a bounded, reference-relative loss."""
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from ..configs import UnlearnConfig
-from ..losses import model_sequence_log_prob, npo_per_example_loss
+from ..configs import UnlearnConfig, deprecated_alias, take_renamed_fields
+from ..losses import model_sequence_log_prob, unlearning_loss
 from ..trainer import UnlearnTrainer
 from .reference import ReferencePolicy, reference_log_prob
 
@@ -14,17 +15,22 @@ class NPOConfig(UnlearnConfig):
     Configuration for [`NPOTrainer`].
 
     Parameters:
-        beta (`float`, *optional*, defaults to `0.1`):
-            Inverse temperature β of the NPO loss (the paper's default). As β → 0 NPO tends to gradient ascent.
+        npo_beta (`float`, *optional*, defaults to `0.1`):
+            Inverse temperature β of the NPO loss (the paper's default). As β → 0 NPO tends to gradient ascent. The
+            same field as in `OrthoGradConfig` and `LURConfig` (`forget_loss="npo"`); the old name `beta` is accepted
+            for one release with a FutureWarning.
         retain_weight (`float`, *optional*, defaults to `1.0`):
             λ of the retain term.
     """
 
-    beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature beta (> 0)."})
+    npo_beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature beta (> 0)."})
+    renamed_fields: ClassVar[dict[str, str]] = {"beta": "npo_beta"}
+    beta: float | None = deprecated_alias("NPO inverse temperature", "npo_beta")
 
     def __post_init__(self):
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}.")
+        take_renamed_fields(self)
+        if self.npo_beta <= 0:
+            raise ValueError(f"npo_beta must be > 0, got {self.npo_beta}.")
         super().__post_init__()
 
 
@@ -34,7 +40,7 @@ class NPOTrainer(UnlearnTrainer):
 
         L = (2/β)·mean_j log(1 + (π_θ(y_j|x_j) / π_ref(y_j|x_j))^β) + λ·L_r
 
-    with π the sequence likelihood (sum of target-token log-probabilities) and π_ref the model before unlearning:
+    with β = `npo_beta`, π the sequence likelihood (sum of target-token log-probabilities) and π_ref the model before unlearning:
     the same network with its adapter disabled for a peft model, a frozen copy otherwise. The log-term equals
     `softplus(β·(log π_θ − log π_ref))`, which is what is computed.
     """
@@ -56,8 +62,7 @@ class NPOTrainer(UnlearnTrainer):
         ref_log_prob = reference_log_prob(
             self.reference, unwrapped, lambda m: model_sequence_log_prob(m, inputs, self.model_config)[0]
         )
-        beta = self.args.beta
-        loss = npo_per_example_loss(log_prob, ref_log_prob, beta).mean()
+        loss = unlearning_loss(log_prob, lengths, ref_log_prob, self.args.npo_beta).mean()
         self.log_metric("forget/loss", (-log_prob / lengths).mean())
         self.log_metric("npo/log_ratio", (log_prob - ref_log_prob).mean())
         loss = loss + self.weighted_retain_loss(model)

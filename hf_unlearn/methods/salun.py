@@ -8,7 +8,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..configs import UnlearnConfig
-from ..distributed import zero_stage
+from ..integrations.accelerate import zero_stage
+from ..integrations.transformers import prepare_inputs
 from ..losses import model_target_logits, per_example_loss_from_log_prob, sequence_log_prob
 from ..trainer import UnlearnTrainer
 
@@ -99,7 +100,7 @@ class SalUnTrainer(UnlearnTrainer):
                             collate_fn=self.data_collator)  # fmt: skip
         try:
             for batch in loader:
-                batch = self._prepare_inputs(batch)
+                batch = prepare_inputs(self, batch)
                 losses = per_example_loss_from_log_prob(
                     *sequence_log_prob(*model_target_logits(model, batch, self.model_config))
                 )

@@ -1,7 +1,7 @@
 """Models built from config for the embedded benchmarks, and their cached base/exact-retrain references."""
 
 from hf_unlearn.models.batch_norm import freeze_batch_norm
-from hf_unlearn.models.reference import (
+from hf_unlearn.models.speech_benchmark_models import (
     ReferenceTrainingConfig,
     load_reference_model,
     processor_for_corpus,

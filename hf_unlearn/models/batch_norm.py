@@ -9,7 +9,8 @@ calls ``model.train()`` at every step, so freezing means a BatchNorm that *stays
 import types
 
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..integrations.torch import is_batch_norm
 
 
 def _stay_in_eval(module: nn.Module, mode: bool = True) -> nn.Module:
@@ -23,7 +24,7 @@ def freeze_batch_norm(model: nn.Module) -> int:
     """
     count = 0
     for module in model.modules():
-        if isinstance(module, _BatchNorm):
+        if is_batch_norm(module):
             module.eval()
             # An instance attribute shadows `nn.Module.train` for this module only; deepcopy rebinds it to the copy.
             module.train = types.MethodType(_stay_in_eval, module)
@@ -43,7 +44,7 @@ def batch_norm_in_training(model: nn.Module) -> list[str]:
         return [
             name
             for name, module in model.named_modules()
-            if isinstance(module, _BatchNorm) and (module.training or not module.track_running_stats)
+            if is_batch_norm(module) and (module.training or not module.track_running_stats)
         ]
     finally:
         for module, mode in modes.items():

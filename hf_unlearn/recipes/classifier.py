@@ -186,7 +186,6 @@ def card_metrics(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float
 def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, Any]:
     """Train, evaluate and save one unlearning run; returns the `metrics.json` content (on every process)."""
     from hf_unlearn import METHODS
-    from hf_unlearn.distributed import whole_model_loading
     from hf_unlearn.eval.classification import (
         ClassificationEvaluator,
         avg_gap,
@@ -194,6 +193,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, Any
         classification_table,
         unlearning_impact_score,
     )
+    from hf_unlearn.integrations.transformers import whole_model_loading
     from hf_unlearn.models.batch_norm import freeze_batch_norm
     from hf_unlearn.models.tiny_classifier import (
         ImageClassificationCollator,

@@ -29,6 +29,7 @@ def compare_classifier_methods(
     extra: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run every (task, method), write `compare_methods_classifier.{json,md,png}` into `output_dir`; return the JSON."""
+    from hf_unlearn.methods import retain_knob
     from hf_unlearn.recipes.classifier import run
 
     start = time.perf_counter()
@@ -55,7 +56,7 @@ def compare_classifier_methods(
                 "unlearned": results["unlearned"],
                 "avg_gap": results["avg_gap"],
                 "uis": results["uis"],
-                "retain_weight": resolved.get("retain_weight"),
+                "retain_weight": resolved.get(retain_knob(method)),  # the method's own weight (λ, α or γ)
                 "max_steps": resolved.get("max_steps"),
                 "learning_rate": resolved.get("learning_rate"),
                 "wall_s": round(time.perf_counter() - began, 1),

@@ -170,10 +170,12 @@ def parse_recipe_args(
     method = known.method or preset_method
     parser = make_parser(script_args_cls, method)  # an unknown method fails here, before any other message
     if method != preset_method and "retain_weight" in preset:
-        # retain_weight means λ, α or γ depending on the method: a preset's value is only valid for its own method.
+        from hf_unlearn.methods import retain_knob
+
+        # A preset's weight was tuned for its own method (and OrthoGrad/GRU mix the terms with retain_mix instead).
         print(
             f"Ignoring retain_weight={preset.pop('retain_weight')} from {known.config} (set for {preset_method}); "
-            f"{method} uses its own default unless --retain_weight is given.",
+            f"{method} uses its own default unless --{retain_knob(method)} is given.",
             file=sys.stderr,
         )
     if "-h" in rest or "--help" in rest:

@@ -155,9 +155,9 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     from hf_unlearn import METHODS
     from hf_unlearn.data.text_collators import QACollator, ensure_pad_token
     from hf_unlearn.data.text_corpus import RETAIN_EVAL_SPLIT
-    from hf_unlearn.distributed import whole_model_loading
     from hf_unlearn.eval.report import metrics_table, run_table
     from hf_unlearn.eval.text_evaluator import TextEvaluator, evaluate_text_splits, truth_ratios
+    from hf_unlearn.integrations.transformers import whole_model_loading
 
     from .common import (
         announce,

@@ -90,7 +90,7 @@ def load_data_and_models(script_args: ScriptArguments, seed: int):
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     from hf_unlearn.data import SpeechCorpusConfig, build_speech_corpus, load_user_speech_dataset
-    from hf_unlearn.models.reference import ReferenceTrainingConfig, train_reference_model
+    from hf_unlearn.models.speech_benchmark_models import ReferenceTrainingConfig, train_reference_model
 
     from .common import pretrained_kwargs
 
@@ -136,8 +136,8 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, dic
     """Train, evaluate and save one unlearning run; returns the `metrics.json` content (on every process)."""
     from hf_unlearn import METHODS
     from hf_unlearn.data import SpeechSeq2SeqCollator, prepare_speech_dataset
-    from hf_unlearn.distributed import whole_model_loading
     from hf_unlearn.eval.asr import evaluate_asr
+    from hf_unlearn.integrations.transformers import whole_model_loading
 
     from .common import (
         announce,

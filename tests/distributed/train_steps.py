@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `tests.` importable when launched as a script
 
 from hf_unlearn.callbacks import StopAtForgetTarget  # noqa: E402
-from hf_unlearn.distributed import zero_stage  # noqa: E402
+from hf_unlearn.integrations.accelerate import zero_stage  # noqa: E402
 from hf_unlearn.methods import METHODS  # noqa: E402
 from tests.methods.toy_lm import collate, tiny_gpt2, token_dataset  # noqa: E402
 
@@ -26,14 +26,14 @@ RUNS = {
     "graddiff": ("graddiff", {"retain_weight": 1.0}),
     "npo": ("npo", {"retain_weight": 1.0}),
     "simnpo": ("simnpo", {"retain_weight": 1.0}),
-    "orthograd": ("orthograd", {"retain_weight": 0.5}),
-    "orthograd_local": ("orthograd", {"retain_weight": 0.5, "projection_scope": "local"}),
-    "gru": ("gru", {"retain_weight": 0.5}),
+    "orthograd": ("orthograd", {"retain_mix": 0.5}),
+    "orthograd_local": ("orthograd", {"retain_mix": 0.5, "projection_scope": "local"}),
+    "gru": ("gru", {"retain_mix": 0.5}),
     "orthograd_per_tensor_kl": (
         "orthograd",
-        {"retain_weight": 0.5, "projection_granularity": "per_tensor", "retain_loss": "kl"},
+        {"retain_mix": 0.5, "projection_granularity": "per_tensor", "retain_loss": "kl"},
     ),
-    "orthograd_preconditioned": ("orthograd", {"retain_weight": 0.5, "projection_space": "preconditioned"}),
+    "orthograd_preconditioned": ("orthograd", {"retain_mix": 0.5, "projection_space": "preconditioned"}),
     "lur": ("lur", {"retain_weight": 1.0, "inner_lr": 0.5, "forget_loss": "ga", "diagnostics_every": 2}),
     "lur_first": ("lur", {"retain_weight": 1.0, "inner_lr": 0.5, "forget_loss": "ga", "meta_order": "first"}),
     # LUR's default forget loss (NPO). Not in test_equivalence's runs yet: measured against 1 process, DDP differs by

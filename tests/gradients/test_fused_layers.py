@@ -153,7 +153,7 @@ def test_per_tensor_coefficients_are_checked():
 def test_global_gram_per_tensor_and_weighted_on_one_process():
     """The several-process path (all-gathered per-sample gradients) forms the same per-tensor and D-weighted Grams
     as the capture; on one process the gather is the identity."""
-    from hf_unlearn.gradients.global_gram import global_gram
+    from hf_unlearn.methods.orthograd.global_gram import global_gram
 
     _, _, capture = captured("images", 4)
     generator = torch.Generator().manual_seed(2)

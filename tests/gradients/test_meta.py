@@ -1,4 +1,4 @@
-"""The LUR meta-gradient (hf_unlearn.gradients.meta) against independent float64 references.
+"""The LUR meta-gradient (hf_unlearn.methods.lur.meta) against independent float64 references.
 
 References share no code with the library: per-example losses are written here, the meta-gradient is recomputed by
 plain autograd through an inline inner step (``create_graph=True``) and by ``torch.func.grad`` of a function that
@@ -13,7 +13,7 @@ from peft import LoraConfig, get_peft_model
 from torch.func import functional_call
 from transformers import GPT2Config, GPT2LMHeadModel, WhisperConfig, WhisperForConditionalGeneration
 
-from hf_unlearn.gradients.meta import LURObjective, batch_loss_fn, trainable_parameters, virtual_step
+from hf_unlearn.methods.lur.meta import LURObjective, batch_loss_fn, trainable_parameters, virtual_step
 
 
 BETA, GAMMA = 0.3, 0.7

@@ -93,7 +93,7 @@ def make_trainer(
         report_to="none",
         seed=0,
         disable_tqdm=True,
-        retain_weight=0.0,
+        retain_mix=0.0,
     )
     args.update(overrides)
     return trainer_cls(
@@ -140,7 +140,7 @@ def test_one_sgd_step_is_the_projected_forget_step(kind, alpha, tmp_path):
     model, forget, retain, collator = KINDS[kind]()
     expected, G = explicit_direction(model, collator(list(forget)), collator(list(retain)), alpha)
     before = flat_trainable(model)
-    trainer = make_trainer(model, forget, retain, collator, tmp_path, retain_weight=alpha)
+    trainer = make_trainer(model, forget, retain, collator, tmp_path, retain_mix=alpha)
     assert trainer.per_sample_backend == "fused"
     trainer.train()
     update = flat_trainable(model) - before
@@ -184,7 +184,7 @@ def test_rank_one_ablation_matches_its_formula(seed, conflict, tmp_path):
     expected, G = explicit_direction(model, forget_batch, retain_batch, 0.2, rank_one=True)
     before = flat_trainable(model)
     trainer = make_trainer(
-        model, forget, retain, collate, tmp_path, trainer_cls=GRUTrainer, config_cls=GRUConfig, retain_weight=0.2
+        model, forget, retain, collate, tmp_path, trainer_cls=GRUTrainer, config_cls=GRUConfig, retain_mix=0.2
     )
     trainer.train()
     assert_close(flat_trainable(model) - before, -LR * expected, what="rank-1 step")
@@ -265,7 +265,7 @@ def test_vmap_and_fused_paths_agree_on_lora(tmp_path):
             collate,
             tmp_path / mode,
             per_sample_gradients=mode,
-            retain_weight=0.4,
+            retain_mix=0.4,
         )
         assert trainer.per_sample_backend == mode
         trainer.train()
@@ -365,7 +365,7 @@ def test_memory_does_not_grow_over_50_steps(tmp_path):
         per_device_retain_batch_size=4,
         max_steps=55,
         learning_rate=1e-3,
-        retain_weight=0.5,
+        retain_mix=0.5,
         logging_steps=10,
     )
     trainer.add_callback(counter)
@@ -380,7 +380,7 @@ def test_memory_does_not_grow_over_50_steps(tmp_path):
 def test_bad_input_names_the_fix(tmp_path):
     common = dict(output_dir=str(tmp_path / "o"), use_cpu=True, report_to="none")
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        OrthoGradConfig(retain_weight=1.0, **common)
+        OrthoGradConfig(retain_mix=1.0, **common)
     with pytest.raises(ValueError, match="per_device_retain_batch_size must be >= 1"):
         OrthoGradConfig(per_device_retain_batch_size=0, **common)
     with pytest.raises(ValueError, match="forget_loss"):
@@ -388,7 +388,7 @@ def test_bad_input_names_the_fix(tmp_path):
     with pytest.raises(ValueError, match="retain_dataset"):
         OrthoGradTrainer(
             model=gpt2_lora(),
-            args=OrthoGradConfig(retain_weight=0.0, **common),
+            args=OrthoGradConfig(retain_mix=0.0, **common),
             forget_dataset=token_dataset(2, seed=0),
             data_collator=collate,
         )

@@ -54,7 +54,7 @@ def test_per_tensor_step_projects_each_tensor_separately(build, alpha, tmp_path)
     expected = {n: alpha * G[n].mean(0) - (1 - alpha) * project_out(G[n].T, g_f[n]) for n in G}
     before = flat_trainable(model)
     trainer = make_trainer(
-        model, forget, retain, collate, tmp_path, retain_weight=alpha, projection_granularity="per_tensor"
+        model, forget, retain, collate, tmp_path, retain_mix=alpha, projection_granularity="per_tensor"
     )
     assert trainer.per_sample_backend == "fused"
     trainer.train()
@@ -72,7 +72,7 @@ def test_per_tensor_step_projects_each_tensor_separately(build, alpha, tmp_path)
         assert logs["orthograd/max_retain_cosine"] < 1e-8
     global_model = gpt2_lora(seed=1) if build == "lora" else untied_gpt2(seed=1)
     global_before = flat_trainable(global_model)
-    make_trainer(global_model, forget, retain, collate, tmp_path / "g", retain_weight=alpha).train()
+    make_trainer(global_model, forget, retain, collate, tmp_path / "g", retain_mix=alpha).train()
     difference = (flat_trainable(global_model) - global_before - update).norm() / update.norm()
     assert difference > 1e-3, "per-tensor and global projections coincide: the test cannot tell them apart"
     assert logs["orthograd/rank"] > len(retain)  # up to #tensors × k directions removed, not k
@@ -207,7 +207,7 @@ def test_kl_retain_loss_projects_against_per_sample_kl_gradients(mode, tmp_path)
     kl_before = kl_losses(model, collate(list(retain))).mean().item()
     before = flat_trainable(model)
     trainer = make_trainer(
-        model, forget, retain, collate, tmp_path, retain_loss="kl", retain_weight=alpha, per_sample_gradients=mode
+        model, forget, retain, collate, tmp_path, retain_loss="kl", retain_mix=alpha, per_sample_gradients=mode
     )
     trainer.train()
     update = flat_trainable(model) - before

@@ -8,7 +8,8 @@ from datasets import DatasetDict
 
 from hf_unlearn.data import SpeechCorpusConfig, build_speech_corpus
 from hf_unlearn.eval import evaluate_asr
-from hf_unlearn.models import ReferenceTrainingConfig, load_reference_model, reference, train_reference_model
+from hf_unlearn.models import ReferenceTrainingConfig, load_reference_model, train_reference_model
+from hf_unlearn.models import speech_benchmark_models as reference
 
 
 ONE_EPOCH = ReferenceTrainingConfig(num_train_epochs=1, batch_size=8, warmup_steps=0)

@@ -29,8 +29,8 @@ OVERRIDES = {
     "graddiff": {"retain_weight": 1.0},
     "npo": {"retain_weight": 1.0},
     "simnpo": {"retain_weight": 1.0},
-    "orthograd": {"retain_weight": 0.5},
-    "gru": {"retain_weight": 0.5},
+    "orthograd": {"retain_mix": 0.5},
+    "gru": {"retain_mix": 0.5},
     "lur": {"retain_weight": 1.0, "inner_lr": 0.5},
     # LUR drawing a fresh forget batch for θ' (a third stream, also saved in checkpoints), mirrored order.
     "lur_fresh": {

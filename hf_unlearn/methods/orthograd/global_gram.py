@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..distributed import all_gather_counts, all_gather_rows
+from ...distributed import all_gather_counts, all_gather_rows
 
 
 @dataclass

@@ -16,7 +16,6 @@ peft model, or any trainable set); frozen weights and buffers are read from the 
 """
 
 import contextlib
-import functools
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +25,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from hf_unlearn.distributed import zero3_partitioned
+from hf_unlearn.integrations.deepspeed import zero3_partitioned
+from hf_unlearn.integrations.torch import swapped_parameters
+from hf_unlearn.integrations.transformers import reentrant_checkpointing
 from hf_unlearn.losses import model_per_example_loss
 
 
@@ -88,12 +89,8 @@ def _substituted_by_hooks(model: nn.Module, params: Mapping[str, Tensor]) -> Ite
 
     def make_hook(substitutes: dict[str, Tensor]):
         def rerun_at_params(module: nn.Module, args, kwargs, output):
-            saved = {local: module._parameters[local] for local in substitutes}
-            module._parameters.update(substitutes)
-            try:
+            with swapped_parameters(module, substitutes):
                 return module.forward(*args, **kwargs)
-            finally:
-                module._parameters.update(saved)
 
         return rerun_at_params
 
@@ -118,8 +115,7 @@ def _checkpointed_modules(model: nn.Module) -> list[nn.Module]:
     # checkpointing applied by hand (torch.utils.checkpoint inside custom modules) is not seen here.
     modules = [module for module in model.modules() if getattr(module, "gradient_checkpointing", False) is True]
     for module in modules:
-        checkpoint_fn = getattr(module, "_gradient_checkpointing_func", None)
-        if isinstance(checkpoint_fn, functools.partial) and checkpoint_fn.keywords.get("use_reentrant") is not False:
+        if reentrant_checkpointing(module):
             raise ValueError(
                 "Reentrant activation checkpointing does not support torch.autograd.grad, which the LUR inner step "
                 "needs: the inner gradient would silently miss the checkpointed blocks. Enable it with "
@@ -358,7 +354,7 @@ class LURObjective:
     micro-batch through ``accelerator.backward``. With several processes pass ``all_reduce_mean`` (the virtual step
     and, in second order, the outer gradient then use global means, see `_distributed_outer`) and average the
     surrogate's gradient over processes after the backward (DeepSpeed's engine does it). Under DeepSpeed ZeRO-3, call
-    it and the backward inside `hf_unlearn.distributed.whole_parameters(θ)`: ZeRO-3 keeps θ whole only inside the
+    it and the backward inside `hf_unlearn.integrations.deepspeed.whole_parameters(θ)`: ZeRO-3 keeps θ whole only inside the
     forward of the module that owns it, and the step reads θ outside (`batch_loss_fn` then evaluates θ' through
     forward hooks rather than `functional_call`).
 
@@ -389,7 +385,7 @@ class LURObjective:
 
     ```python
     >>> import torch
-    >>> from hf_unlearn.gradients.meta import LURObjective, trainable_parameters
+    >>> from hf_unlearn.methods.lur.meta import LURObjective, trainable_parameters
 
     >>> model = torch.nn.Linear(4, 1)
     >>> forget_x, retain_x = torch.randn(3, 4), torch.randn(5, 4)
