@@ -12,7 +12,7 @@ from hf_unlearn.gradients import (
     rank_one_projection_coefficients,
 )
 
-from .tiny_models import assert_close, flatten, gpt2_batch, loop_per_sample_grads, reference_losses, tiny_gpt2_lora
+from ..testing_utils import assert_close, flatten, gpt2_batch, loop_per_sample_grads, reference_losses, tiny_gpt2_lora
 
 
 def retain_gradients(case: str, generator: torch.Generator) -> torch.Tensor:
