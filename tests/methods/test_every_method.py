@@ -27,7 +27,7 @@ BAD_HYPERPARAMETER = {
     "simnpo": ({"beta": 0.0}, "beta must be > 0"),
     "orthograd": ({"retain_weight": 1.0}, r"\[0, 1\)"),
     "gru": ({"retain_weight": 1.0}, r"\[0, 1\)"),
-    "lur": ({"inner_lr": -0.1}, "inner_lr"),
+    "lur": ({"inner_lr": -0.1}, "inner_lr.*>= 0"),
     "salun": ({"saliency_fraction": 0.0}, "saliency_fraction must be in"),
     "scrub": ({"temperature": 0.0}, "temperature must be > 0"),
 }
