@@ -81,7 +81,7 @@ def make_trainer(
     **overrides: Any,
 ):
     """A trainer of `method` (a `METHODS` key) on the toy LM unless told otherwise: `tiny_gpt2()`, 4 forget and 6
-    retain token sequences, `collate`. ``overrides`` go to `trainer_args`; ``trainer_cls`` replaces the method's
+    retain token sequences (``retain=None``: no retain set), `collate`. ``overrides`` go to `trainer_args`; ``trainer_cls`` replaces the method's
     trainer (a recording subclass, say); ``trainer_kwargs`` are further arguments of the trainer (an evaluator...)."""
     config_cls, method_trainer_cls = method_classes(method)
     kwargs = {**({} if eval_dataset is None else {"eval_dataset": eval_dataset}), **(trainer_kwargs or {})}

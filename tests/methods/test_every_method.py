@@ -23,8 +23,8 @@ STEPS, SAVE_STEPS = 4, 2
 BAD_HYPERPARAMETER = {
     "ga": ({"retain_weight": -1.0}, "retain_weight must be >= 0"),
     "graddiff": ({"retain_weight": -1.0}, "retain_weight must be >= 0"),
-    "npo": ({"beta": 0.0}, "beta must be > 0"),
-    "simnpo": ({"beta": 0.0}, "beta must be > 0"),
+    "npo": ({"beta": 0.0}, r"beta must be .*> 0"),
+    "simnpo": ({"beta": 0.0}, r"beta must be .*> 0"),
     "orthograd": ({"retain_weight": 1.0}, r"\[0, 1\)"),
     "gru": ({"retain_weight": 1.0}, r"\[0, 1\)"),
     "lur": ({"inner_lr": -0.1}, "inner_lr.*>= 0"),
