@@ -1,44 +1,33 @@
 """`StopAtForgetTarget` on a tiny GPT-2: stops at the target, restores the closest checkpoint, refuses bad setups."""
 
 import pytest
-from peft import LoraConfig
 
-from hf_unlearn import GradDiffConfig, GradDiffTrainer, StopAtForgetTarget
+from hf_unlearn import StopAtForgetTarget
 
-from .methods.toy_lm import collate, tiny_gpt2, token_dataset
+from .testing_utils import EXACT_SGD, gpt2_lora_config, token_dataset
+from .testing_utils import make_trainer as shared_make_trainer
 
 
-LORA = dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"], lora_dropout=0.0, init_lora_weights=False)
 STEPS = 6
 
 
 def make_trainer(tmp_path, callbacks=(), **overrides):
-    args = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        per_device_eval_batch_size=4,
-        max_steps=STEPS,
-        learning_rate=1.0,
-        optim="sgd",
-        lr_scheduler_type="constant",
-        max_grad_norm=0.0,
-        retain_weight=0.1,
-        use_cpu=True,
-        logging_steps=1,
-        report_to="none",
-        seed=0,
-        disable_tqdm=True,
-    )
-    args.update(overrides)
-    return GradDiffTrainer(
-        model=tiny_gpt2(),
-        args=GradDiffConfig(**args),
-        forget_dataset=token_dataset(8, seed=1),
-        retain_dataset=token_dataset(8, seed=2),
+    return shared_make_trainer(
+        "graddiff",
+        tmp_path,
+        forget=token_dataset(8, seed=1),
+        retain=token_dataset(8, seed=2),
         eval_dataset={"forget": token_dataset(8, seed=1), "retain": token_dataset(8, seed=2)},
-        data_collator=collate,
-        peft_config=LoraConfig(**LORA),
+        peft_config=gpt2_lora_config(),
         callbacks=list(callbacks),
+        **{
+            **EXACT_SGD,
+            "per_device_eval_batch_size": 4,
+            "max_steps": STEPS,
+            "learning_rate": 1.0,
+            "retain_weight": 0.1,
+        },
+        **overrides,
     )
 
 

@@ -5,45 +5,21 @@ import math
 
 import pytest
 import torch
-from peft import LoraConfig
 
 from hf_unlearn import METHODS
 
-from .methods.toy_lm import collate, tiny_gpt2, token_dataset
-
-
-LORA = dict(
-    r=4,
-    lora_alpha=8,
-    target_modules=["c_attn", "c_proj"],
-    lora_dropout=0.0,
-    init_lora_weights=False,
-    fan_in_fan_out=True,
-)
+from .testing_utils import gpt2_lora_config, make_trainer
 
 
 def train_bf16_steps(method: str, tmp_path, use_cpu: bool) -> None:
-    config_cls, trainer_cls = METHODS[method]
-    args = config_cls(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        max_steps=3,
+    trainer = make_trainer(
+        method,
+        tmp_path,
+        peft_config=gpt2_lora_config(fan_in_fan_out=True),
         learning_rate=1e-3,
         lr_scheduler_type="constant",
         bf16=True,
         use_cpu=use_cpu,
-        logging_steps=1,
-        report_to="none",
-        seed=0,
-        disable_tqdm=True,
-    )
-    trainer = trainer_cls(
-        model=tiny_gpt2(),
-        args=args,
-        forget_dataset=token_dataset(4, seed=1),
-        retain_dataset=token_dataset(6, seed=2),
-        data_collator=collate,
-        peft_config=LoraConfig(**LORA),
     )
     adapter = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
     frozen = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if not p.requires_grad}
@@ -57,8 +33,7 @@ def train_bf16_steps(method: str, tmp_path, use_cpu: bool) -> None:
     assert all(torch.equal(frozen[name], after[name].detach()) for name in frozen)  # the base is untouched
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu  # skipped without CUDA (tests/conftest.py)
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_cuda_bf16_steps(method, tmp_path):
     train_bf16_steps(method, tmp_path, use_cpu=False)

@@ -4,13 +4,12 @@ import pytest
 import torch
 from torch.func import functional_call, grad, vmap
 
-from hf_unlearn import LURConfig, LURTrainer, OrthoGradConfig, OrthoGradTrainer
 from hf_unlearn.gradients import VmapPerSampleGradients
 from hf_unlearn.losses import model_per_example_loss, model_sequence_log_prob
 from hf_unlearn.models import freeze_batch_norm
 from hf_unlearn.models.batch_norm import batch_norm_in_training
 
-from .toy_classifier import batch, collate, pixel_dataset, tiny_resnet, trainer_args
+from ..testing_utils import make_classifier_trainer, pixel_batch, pixel_dataset, tiny_resnet
 
 
 def test_frozen_batch_norm_stays_in_eval_mode_and_survives_a_copy():
@@ -30,25 +29,17 @@ def test_frozen_batch_norm_stays_in_eval_mode_and_survives_a_copy():
     assert not model.training
 
 
-@pytest.mark.parametrize(
-    "trainer_cls, config_cls, name", [(OrthoGradTrainer, OrthoGradConfig, "OrthoGrad"), (LURTrainer, LURConfig, "LUR")]
-)
-def test_batch_norm_with_batch_statistics_is_refused_naming_the_fix(tmp_path, trainer_cls, config_cls, name):
+@pytest.mark.parametrize("method, name", [("orthograd", "OrthoGrad"), ("lur", "LUR")])
+def test_batch_norm_with_batch_statistics_is_refused_naming_the_fix(tmp_path, method, name):
     with pytest.raises(ValueError, match=rf"{name}.*freeze_batch_norm.*GroupNorm/LayerNorm"):
-        trainer_cls(
-            model=tiny_resnet(),
-            args=config_cls(**trainer_args(tmp_path)),
-            forget_dataset=pixel_dataset(4, seed=1),
-            retain_dataset=pixel_dataset(4, seed=2),
-            data_collator=collate,
-        )
+        make_classifier_trainer(method, tmp_path, tiny_resnet())
 
 
 def test_per_sample_gradients_through_frozen_batch_norm_match_a_loop_in_float64():
     model = tiny_resnet(torch.float64)
     freeze_batch_norm(model)
     model.train()
-    inputs = batch(pixel_dataset(5, seed=3), torch.float64)
+    inputs = pixel_batch(pixel_dataset(5, seed=3), torch.float64)
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     # ℓ = −log π(y|x) with |y| = 1: no value check (vmap cannot branch on tensor values).
     per_sample = VmapPerSampleGradients(model, lambda m, b: -model_sequence_log_prob(m, b)[0])
@@ -74,19 +65,13 @@ def test_per_sample_gradients_through_frozen_batch_norm_match_a_loop_in_float64(
     torch.testing.assert_close(direct, loop, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("trainer_cls, config_cls", [(OrthoGradTrainer, OrthoGradConfig), (LURTrainer, LURConfig)])
-def test_orthograd_and_lur_train_a_frozen_batch_norm_resnet(tmp_path, trainer_cls, config_cls):
+@pytest.mark.parametrize("method", ["orthograd", "lur"])
+def test_orthograd_and_lur_train_a_frozen_batch_norm_resnet(tmp_path, method):
     model = tiny_resnet()
     freeze_batch_norm(model)
     stats = [m.running_mean.clone() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     before = torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
-    trainer = trainer_cls(
-        model=model,
-        args=config_cls(**trainer_args(tmp_path)),
-        forget_dataset=pixel_dataset(4, seed=1),
-        retain_dataset=pixel_dataset(4, seed=2),
-        data_collator=collate,
-    )
+    trainer = make_classifier_trainer(method, tmp_path, model)
     trainer.train()
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     assert torch.isfinite(after).all() and not torch.equal(before, after)

@@ -5,12 +5,12 @@ import torch.nn.functional as F
 
 from hf_unlearn.losses import model_per_example_loss, model_sequence_log_prob, model_target_logits, target_lengths
 
-from .toy_classifier import batch, pixel_dataset, tiny_resnet
+from ..testing_utils import pixel_batch, pixel_dataset, tiny_resnet
 
 
 def test_per_example_loss_is_the_cross_entropy_of_each_label_in_float64():
     model = tiny_resnet(torch.float64).eval()
-    inputs = batch(pixel_dataset(5, seed=0), torch.float64)
+    inputs = pixel_batch(pixel_dataset(5, seed=0), torch.float64)
     logits = model(pixel_values=inputs["pixel_values"]).logits  # [B, C]
     expected = F.cross_entropy(logits, inputs["labels"], reduction="none")
     torch.testing.assert_close(model_per_example_loss(model, inputs), expected, rtol=1e-12, atol=1e-12)

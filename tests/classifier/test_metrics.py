@@ -13,7 +13,7 @@ from hf_unlearn.eval.classification import (
     unlearning_impact_score,
 )
 
-from .toy_classifier import collate, pixel_dataset
+from ..testing_utils import collate_pixels, pixel_dataset
 
 
 def metrics(forget, retain, test, mia):
@@ -75,11 +75,11 @@ def test_predict_accuracy_and_confidence_by_hand():
     pixels[:, 0, 0, 0] = [0, 1, 2]
     dataset = dataset.remove_columns("pixel_values").add_column("pixel_values", pixels.tolist())
     logits = [[2.0, 0.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
-    correct, confidence = predict(FixedLogits(logits), dataset, collate, batch_size=2)
+    correct, confidence = predict(FixedLogits(logits), dataset, collate_pixels, batch_size=2)
     assert correct.tolist() == [True, False, False]  # the third is a tie: argmax picks class 0
     e2 = np.exp(2.0)
     np.testing.assert_allclose(confidence, [e2 / (e2 + 3), 1 / (np.exp(3.0) + 3), 0.25], rtol=1e-6)
-    evaluator = ClassificationEvaluator(collate)
+    evaluator = ClassificationEvaluator(collate_pixels)
     records = evaluator.per_example(FixedLogits(logits), dataset, 8)
     assert evaluator.aggregate(records, "forget") == {"accuracy": pytest.approx(1 / 3)}
 

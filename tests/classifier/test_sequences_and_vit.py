@@ -4,24 +4,25 @@ import pytest
 import torch
 from transformers import ViTConfig, ViTForImageClassification
 
-from hf_unlearn import METHODS, SalUnConfig, SalUnTrainer, SCRUBConfig, SCRUBTrainer
 from hf_unlearn.losses import model_per_example_loss
 
-from ..methods.toy_lm import collate as lm_collate
-from ..methods.toy_lm import tiny_gpt2, token_dataset
-from .toy_classifier import NUM_LABELS, collate, pixel_dataset, trainer_args
+from ..testing_utils import (
+    NUM_LABELS,
+    classifier_trainer_args,
+    collate,
+    make_classifier_trainer,
+    make_trainer,
+    token_dataset,
+)
 
 
 def test_salun_on_sequences_is_masked_graddiff(tmp_path):
-    trainer = SalUnTrainer(
-        model=tiny_gpt2(),
-        args=SalUnConfig(**trainer_args(tmp_path, retain_weight=0.5, saliency_fraction=0.2)),
-        forget_dataset=token_dataset(4, seed=1),
-        retain_dataset=token_dataset(4, seed=2),
-        data_collator=lm_collate,
-    )
+    trainer = make_trainer(
+        "salun", tmp_path, retain=token_dataset(4, seed=2), **classifier_trainer_args(tmp_path), retain_weight=0.5,
+        saliency_fraction=0.2,
+    )  # fmt: skip
     model = trainer.model
-    forget = lm_collate(list(token_dataset(4, seed=1)))
+    forget = collate(list(token_dataset(4, seed=1)))
     masks = trainer.compute_saliency()
     loss = trainer.compute_loss(model, forget)
     forget_loss = model_per_example_loss(model, forget).mean()
@@ -36,13 +37,10 @@ def test_salun_on_sequences_is_masked_graddiff(tmp_path):
 
 
 def test_scrub_on_sequences_trains(tmp_path):
-    trainer = SCRUBTrainer(
-        model=tiny_gpt2(),
-        args=SCRUBConfig(**trainer_args(tmp_path, max_steps=4, max_phase_steps=4)),
-        forget_dataset=token_dataset(4, seed=1),
-        retain_dataset=token_dataset(4, seed=2),
-        data_collator=lm_collate,
-    )
+    trainer = make_trainer(
+        "scrub", tmp_path, retain=token_dataset(4, seed=2), **classifier_trainer_args(tmp_path, max_steps=4),
+        max_phase_steps=4,
+    )  # fmt: skip
     before = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.train()
     keys = set().union(*trainer.state.log_history)
@@ -56,14 +54,7 @@ def test_a_vit_classifier_unlearns(tmp_path, method):
     config = ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=1,
                        num_attention_heads=2, intermediate_size=32, num_labels=NUM_LABELS)  # fmt: skip
     model = ViTForImageClassification(config)
-    config_cls, trainer_cls = METHODS[method]
-    trainer = trainer_cls(
-        model=model,
-        args=config_cls(**trainer_args(tmp_path, max_steps=2)),
-        forget_dataset=pixel_dataset(4, seed=1),
-        retain_dataset=pixel_dataset(4, seed=2),
-        data_collator=collate,
-    )
+    trainer = make_classifier_trainer(method, tmp_path, model)
     before = torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
     trainer.train()
     after = torch.cat([p.detach().flatten() for p in model.parameters()])

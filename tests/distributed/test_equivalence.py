@@ -7,7 +7,6 @@ checks that a ZeRO-3-partitioned model saves a normal adapter.
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +16,12 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from tests.methods.toy_lm import tiny_gpt2
+from tests.testing_utils import REPO, accelerate_launch, launcher_env, tiny_gpt2
 
 
-REPO = Path(__file__).resolve().parents[2]
+# Every test here compares a 2-process launch (gloo on CPU) with one process: the proof that DDP and ZeRO train like
+# one process. They run in CI (`distributed` is not excluded there); `-m "not distributed"` skips them locally.
+pytestmark = pytest.mark.distributed
 SCRIPT = REPO / "tests" / "distributed" / "train_steps.py"
 ALL_RUNS = [
     "ga",
@@ -51,10 +52,7 @@ EVAL_TOLERANCE = {"cpu_ddp": 1e-12, "cpu_zero2": 1e-5, "cpu_zero3": 1e-5}
 
 
 def _run(command: list[str]) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, env=launcher_env(), capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
 
@@ -70,10 +68,9 @@ def one_process(tmp_path_factory) -> Path:
 def two_processes(request, tmp_path_factory) -> tuple[str, Path]:
     config = request.param
     out = tmp_path_factory.mktemp(config)
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
-    launch += [str(REPO / "accelerate_configs" / f"{config}.yaml"), "--main_process_port", str(29517 + len(config))]
     runs = [run for run in ALL_RUNS if ZERO_STAGE[config] != 3 or run not in NOT_UNDER_ZERO3]
-    _run([*launch, str(SCRIPT), str(out), "--per_device_batch_size", "2", "--runs", *runs])
+    args = [str(SCRIPT), str(out), "--per_device_batch_size", "2", "--runs", *runs]
+    _run(accelerate_launch(config, *args, port=29517 + len(config)))
     return config, out
 
 

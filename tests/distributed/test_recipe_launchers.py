@@ -3,29 +3,25 @@ with 2 processes (slow: one recipe run per pair). The equivalence of the maths i
 the user's command end to end: caches built once, every rank loads, trains, evaluates, saves."""
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from ..testing_utils import REPO, accelerate_launch, launcher_env
 
-REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 METHODS = ["ga", "graddiff", "npo", "simnpo", "orthograd", "gru", "lur"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("config", ["cpu_ddp", "cpu_zero2", "cpu_zero3"])
 def test_recipe_runs_under_two_processes(config, method, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
-    command += [str(REPO / "accelerate_configs" / f"{config}.yaml"), str(REPO / "recipes" / "unlearn_whisper.py")]
+    command = accelerate_launch(config, str(REPO / "recipes" / "unlearn_whisper.py"))
     command += ["--corpus_preset", "tiny", "--method", method, "--max_steps", "2", "--eval_steps", "2"]
     command += ["--per_device_train_batch_size", "2", "--per_device_retain_batch_size", "2"]
     command += ["--output_dir", str(tmp_path / "out")]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    result = subprocess.run(command, env=launcher_env(), capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-6000:]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert set(metrics) == {"base", "retrain", "unlearned"}

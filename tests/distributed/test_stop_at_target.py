@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .test_equivalence import CONFIGS, EVAL_TOLERANCE, REPO, SCRIPT, _run
+from ..testing_utils import accelerate_launch
+from .test_equivalence import CONFIGS, EVAL_TOLERANCE, SCRIPT, _run
 
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -28,9 +29,8 @@ def one_process(tmp_path_factory):
 
 @pytest.mark.parametrize("config", ["cpu_ddp", "cpu_zero3"])
 def test_two_processes_stop_and_restore_like_one(one_process, tmp_path, config):
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
-    launch += [str(REPO / "accelerate_configs" / f"{config}.yaml"), "--main_process_port", str(29541 + len(config))]
-    _run([*launch, str(SCRIPT), str(tmp_path), "--per_device_batch_size", "2", "--steps", "4", "--runs", RUN])
+    args = [str(SCRIPT), str(tmp_path), "--per_device_batch_size", "2", "--steps", "4", "--runs", RUN]
+    _run(accelerate_launch(config, *args, port=29541 + len(config)))
 
     expected = json.loads((one_process / RUN / "run_info.json").read_text())
     actual = json.loads((tmp_path / RUN / "run_info.json").read_text())

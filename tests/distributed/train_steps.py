@@ -16,8 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `tests.` importa
 
 from hf_unlearn.callbacks import StopAtForgetTarget  # noqa: E402
 from hf_unlearn.integrations.accelerate import zero_stage  # noqa: E402
-from hf_unlearn.methods import METHODS  # noqa: E402
-from tests.methods.toy_lm import collate, tiny_gpt2, token_dataset  # noqa: E402
+from tests.testing_utils import EXACT_SGD, collate, make_trainer, tiny_gpt2, token_dataset  # noqa: E402
 
 
 # Run name → (method, config overrides): settings that make every term of every objective matter within 3 steps.
@@ -93,36 +92,22 @@ class NextTokenAccuracy:
 
 def train(run: str, output_dir: Path, batch_size: int, steps: int) -> dict:
     method, overrides = RUNS[run]
-    config_cls, trainer_cls = METHODS[method]
-    args = config_cls(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=batch_size,
-        per_device_retain_batch_size=batch_size,
-        max_steps=steps,
-        learning_rate=0.5,
-        optim="sgd",
-        lr_scheduler_type="constant",
-        max_grad_norm=0.0,
-        seed=0,
-        use_cpu=True,
-        overwrite_output_dir=True,  # the initial adapter is written there first
-        logging_steps=1,
-        report_to="none",
-        disable_tqdm=True,
-        **overrides,
-    )
     evaluates = overrides.get("eval_strategy") == "steps"
     stop = StopAtForgetTarget(target=STOP_AT_FORGET_LOSS, metric="loss") if run == "graddiff_stop" else None
-    trainer = trainer_cls(
+    trainer = make_trainer(
+        method,
+        output_dir,
         model=tiny_gpt2(seed=0).double(),
+        forget=token_dataset(12, seed=1),
+        retain=token_dataset(16, seed=2),
         eval_dataset={"forget": token_dataset(5, seed=1), "retain": token_dataset(7, seed=2)} if evaluates else None,
-        evaluator=NextTokenAccuracy() if evaluates else None,
-        args=args,
-        forget_dataset=token_dataset(12, seed=1),
-        retain_dataset=token_dataset(16, seed=2),
-        data_collator=collate,
         peft_config=LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "c_proj"], init_lora_weights=False),
         callbacks=[stop] if stop is not None else None,
+        trainer_kwargs={"evaluator": NextTokenAccuracy() if evaluates else None},
+        output_dir=str(output_dir),
+        overwrite_output_dir=True,  # the initial adapter is written there first
+        **{**EXACT_SGD, "per_device_train_batch_size": batch_size, "per_device_retain_batch_size": batch_size},
+        **{"max_steps": steps, "learning_rate": 0.5, **overrides},
     )
     if trainer.accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from torch import nn
 from hf_unlearn.gradients import LoraGradientCapture
 from hf_unlearn.losses import model_per_example_loss
 
-from .tiny_models import (
+from ..testing_utils import (
     assert_close,
     flatten,
     gpt2_batch,

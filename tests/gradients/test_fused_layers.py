@@ -8,7 +8,7 @@ from transformers.pytorch_utils import Conv1D
 
 from hf_unlearn.gradients import FusedGradientCapture, UnsupportedLayerError
 
-from .tiny_models import assert_close, flatten, loop_per_sample_grads, vmap_per_sample_grads
+from ..testing_utils import assert_close, flatten, loop_per_sample_grads, vmap_per_sample_grads
 
 
 class TokenNet(nn.Module):

@@ -9,46 +9,40 @@ import math
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import get_peft_model
 from torch.func import functional_call
-from transformers import GPT2Config, GPT2LMHeadModel, WhisperConfig, WhisperForConditionalGeneration
 
 from hf_unlearn.methods.lur.meta import LURObjective, batch_loss_fn, trainable_parameters, virtual_step
+
+from ..testing_utils import (
+    OnceDifferentiableTanh,
+    gpt2_lora_config,
+    reference_losses,
+    reference_whisper,
+    tiny_gpt2,
+    with_lora,
+)
 
 
 BETA, GAMMA = 0.3, 0.7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The models are tiny: intra-op threads only add synchronisation (5x slower on a loaded 2-core machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The models are tiny: one intra-op thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Tiny models and batches
 
 
+GPT2 = dict(
+    vocab_size=29, n_positions=16, bos_token_id=0, eos_token_id=0, pad_token_id=None, attn_implementation="eager"
+)
+
+
 def _gpt2_case(seed: int = 0):
-    torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=29,
-        n_positions=16,
-        n_embd=16,
-        n_layer=2,
-        n_head=2,
-        bos_token_id=0,
-        eos_token_id=0,
-        attn_implementation="eager",
-    )
-    model = GPT2LMHeadModel(config)
-    lora = LoraConfig(
-        r=2, lora_alpha=4, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True, init_lora_weights=False
-    )
-    model = get_peft_model(model, lora).double().eval()
+    model = with_lora(tiny_gpt2(seed, **GPT2), 2, ["c_attn", "c_proj"], fan_in_fan_out=True)
+    config = model.config
 
     def batch(b, t):
         ids = torch.randint(1, config.vocab_size, (b, t))
@@ -62,35 +56,15 @@ def _gpt2_case(seed: int = 0):
 
 
 def _gpt2_reference_loss(model, params, batch):
-    """(1/B)·Σ_i mean_{t ∈ targets(i)} −log p(y_t), with the causal shift written out here."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = functional_call(model, params, (), inputs).logits[:, :-1]
-    return _mean_example_nll(logits, batch["labels"][:, 1:])
+    """(1/B)·Σ_i mean_{t ∈ targets(i)} −log p(y_t), from the shared independent reference (causal shift)."""
+    return reference_losses(lambda **inputs: functional_call(model, params, (), inputs), batch).mean()
 
 
 def _whisper_case(seed: int = 0):
-    torch.manual_seed(seed)
-    config = WhisperConfig(
-        vocab_size=31,
-        num_mel_bins=4,
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=24,
-        decoder_ffn_dim=24,
-        max_source_positions=6,
-        max_target_positions=12,
-        pad_token_id=1,
-        bos_token_id=2,
-        eos_token_id=3,
-        decoder_start_token_id=2,
-        attn_implementation="eager",
-    )
-    model = WhisperForConditionalGeneration(config)
-    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "fc1"], init_lora_weights=False)
-    model = get_peft_model(model, lora).double().eval()
+    whisper = reference_whisper(seed, vocab_size=31, num_mel_bins=4, max_target_positions=12, pad_token_id=1,
+                                bos_token_id=2, eos_token_id=3, decoder_start_token_id=2)  # fmt: skip
+    model = with_lora(whisper, 2, ["q_proj", "v_proj", "fc1"])
+    config = model.config
 
     def batch(b, t):
         features = torch.randn(b, config.num_mel_bins, 2 * config.max_source_positions, dtype=torch.float64)
@@ -102,21 +76,11 @@ def _whisper_case(seed: int = 0):
 
 
 def _whisper_reference_loss(model, params, batch):
-    labels = batch["labels"]
+    """The same, with the decoder inputs shifted right after the start token (the shared reference)."""
     config = model.config
-    # decoder inputs: the labels shifted right after the start token, padding in place of -100
-    decoder_input_ids = torch.cat(
-        [torch.full_like(labels[:, :1], config.decoder_start_token_id), labels[:, :-1]], dim=1
-    )
-    decoder_input_ids = torch.where(decoder_input_ids == -100, config.pad_token_id, decoder_input_ids)
-    inputs = {"input_features": batch["input_features"], "decoder_input_ids": decoder_input_ids}
-    return _mean_example_nll(functional_call(model, params, (), inputs).logits, labels)
-
-
-def _mean_example_nll(logits, labels):
-    mask = labels != -100
-    nll = -torch.log_softmax(logits, -1).gather(-1, labels.clamp_min(0)[..., None])[..., 0]
-    return ((nll * mask).sum(-1) / mask.sum(-1)).mean()
+    closure = lambda **inputs: functional_call(model, params, (), inputs)  # noqa: E731
+    shift = dict(decoder_start_token_id=config.decoder_start_token_id, pad_token_id=config.pad_token_id)
+    return reference_losses(closure, batch, **shift).mean()
 
 
 CASES = {"gpt2": (_gpt2_case, _gpt2_reference_loss), "whisper": (_whisper_case, _whisper_reference_loss)}
@@ -370,24 +334,10 @@ def test_autocast_bf16_stays_close_to_float32():
 
 
 def _checkpointed_gpt2(use_reentrant):
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=29,
-        n_positions=16,
-        n_embd=16,
-        n_layer=2,
-        n_head=2,
-        bos_token_id=0,
-        eos_token_id=0,
-        attn_implementation="eager",
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-    )
-    model = GPT2LMHeadModel(config)
+    model = tiny_gpt2(0, **GPT2)
     if use_reentrant is not None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
-    lora = LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True, init_lora_weights=False)
+    lora = gpt2_lora_config(r=2, target_modules=("c_attn",), lora_alpha=8, fan_in_fan_out=True)
     model = get_peft_model(model, lora).double().train()  # checkpointing only runs in training mode
     torch.manual_seed(1)
     forget, retain = ({"input_ids": ids, "labels": ids} for ids in torch.randint(1, 29, (2, 3, 6)))
@@ -432,20 +382,6 @@ def test_batch_loss_fn_and_virtual_step():
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Bad input
-
-
-class _OnceDifferentiableTanh(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        y = torch.tanh(x)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        (y,) = ctx.saved_tensors
-        return grad * (1 - y * y)
 
 
 class _ToyModel(torch.nn.Module):
@@ -496,7 +432,7 @@ def test_non_finite_losses_name_which_one():
 
 
 def test_op_without_double_backward_suggests_first_order():
-    model = _ToyModel(activation=_OnceDifferentiableTanh.apply).double()
+    model = _ToyModel(activation=OnceDifferentiableTanh.apply).double()
     params = trainable_parameters(model)
     unlearn, retain = _toy_losses(model)
     for compute_diagnostics in (False, True):

@@ -6,7 +6,7 @@ import torch
 
 from hf_unlearn.gradients import FusedGradientCapture, PerSampleGradients, VmapPerSampleGradients
 
-from .tiny_models import assert_close, gpt2_batch, reference_losses, tiny_gpt2_lora
+from ..testing_utils import assert_close, gpt2_batch, reference_losses, tiny_gpt2_lora
 
 
 MEMBERS = ["parameters", "batch_size", "gram", "dot", "combine", "squares", "per_sample_gradients", "clear"]

@@ -13,7 +13,8 @@ from .projection_reference import (
     rank_one_projection_coefficients,
     surrogate_loss,
 )
-from .tiny_models import assert_close, flatten, gpt2_batch, loop_per_sample_grads, reference_losses, tiny_gpt2_lora
+
+from ..testing_utils import assert_close, flatten, gpt2_batch, loop_per_sample_grads, reference_losses, tiny_gpt2_lora
 
 
 def retain_gradients(case: str, generator: torch.Generator) -> torch.Tensor:

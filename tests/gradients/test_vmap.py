@@ -7,13 +7,13 @@ from torch import nn
 
 from hf_unlearn.gradients import LoraGradientCapture, VmapPerSampleGradients
 
-from .tiny_models import (
+from ..testing_utils import (
     assert_close,
     flatten,
     gpt2_batch,
     loop_per_sample_grads,
+    reference_gpt2,
     reference_losses,
-    tiny_gpt2,
     tiny_whisper_lora,
     whisper_batch,
 )
@@ -59,7 +59,7 @@ def test_full_fine_tuning_mlp(batch_size, chunk_size):
 
 
 def test_full_fine_tuning_gpt2_subset_of_parameters():
-    model = tiny_gpt2(seed=1)
+    model = reference_gpt2(seed=1)
     batch = gpt2_batch(3, seed=2)
     for name, param in model.named_parameters():
         param.requires_grad_(".h.1." in name)  # the last block only: any subset works

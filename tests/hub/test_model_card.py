@@ -14,7 +14,8 @@ from hf_unlearn import METHODS, GradAscentConfig, GradAscentTrainer
 from hf_unlearn.hub import forget_fingerprint
 from hf_unlearn.hub import model_card as hub_card
 
-from ..methods.toy_lm import VOCAB, collate, tiny_gpt2, token_dataset
+from ..testing_utils import VOCAB, collate, tiny_gpt2, token_dataset
+from ..testing_utils import make_trainer as shared_make_trainer
 
 
 BASE_ID = "hf-internal-testing/tiny-random-gpt2"
@@ -29,27 +30,18 @@ RESULTS = {
 def make_trainer(
     tmp_path, method="ga", forget=None, processing_class=None, trainer_cls=None, base_name=BASE_ID, **overrides
 ):
-    config_cls, method_cls = METHODS[method]
-    args = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=2,
-        max_steps=1,
-        use_cpu=True,
-        report_to="none",
-        disable_tqdm=True,
-        save_strategy="no",
-    )
-    args.update(overrides)
     model = tiny_gpt2()
     model.config._name_or_path = base_name
-    return (trainer_cls or method_cls)(
+    return shared_make_trainer(
+        method,
+        tmp_path,
         model=model,
-        args=config_cls(**args),
-        forget_dataset=forget if forget is not None else token_dataset(4, seed=1),
-        retain_dataset=token_dataset(4, seed=2),
-        data_collator=collate,
+        forget=forget,
+        retain=token_dataset(4, seed=2),
         processing_class=processing_class,
         peft_config=LoraConfig(**LORA),
+        trainer_cls=trainer_cls,
+        **{"per_device_train_batch_size": 2, "max_steps": 1, "save_strategy": "no", **overrides},
     )
 
 

@@ -7,60 +7,32 @@ import torch
 from peft import LoraConfig
 from transformers import PreTrainedTokenizerFast, TrainerCallback
 
-from hf_unlearn import GradAscentConfig, GradAscentTrainer, GradDiffConfig, GradDiffTrainer
-
-from .toy_lm import collate, tiny_gpt2, token_dataset
+from ..testing_utils import make_trainer, tiny_gpt2, token_dataset
 
 
-def config(tmp_path, **overrides):
-    args = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=2,
-        max_steps=2,
-        use_cpu=True,
-        report_to="none",
-        disable_tqdm=True,
+def make(tmp_path, **kwargs):
+    """GradDiff on the toy LM with a small LoRA, 2 steps of 2 forget sequences (2 retain ones unless told)."""
+    kwargs = {"forget": token_dataset(2, seed=0), "retain": token_dataset(2, seed=1), **kwargs}
+    peft_config = LoraConfig(r=2, target_modules=["c_attn"], init_lora_weights=False)
+    return make_trainer(
+        "graddiff", tmp_path, peft_config=peft_config, **{"per_device_train_batch_size": 2, "max_steps": 2, **kwargs}
     )
-    args.update(overrides)
-    return GradDiffConfig(**args)
-
-
-def lora():
-    return LoraConfig(r=2, target_modules=["c_attn"], init_lora_weights=False)
 
 
 def test_empty_forget_set(tmp_path):
     with pytest.raises(ValueError, match="forget set is empty"):
-        GradDiffTrainer(
-            model=tiny_gpt2(),
-            args=config(tmp_path),
-            forget_dataset=token_dataset(0, seed=0),
-            retain_dataset=token_dataset(2, seed=1),
-            data_collator=collate,
-            peft_config=lora(),
-        )
+        make(tmp_path, forget=token_dataset(0, seed=0))
 
 
 def test_missing_retain_set_names_retain_weight(tmp_path):
     with pytest.raises(ValueError, match="retain_weight=0"):
-        GradDiffTrainer(
-            model=tiny_gpt2(),
-            args=config(tmp_path),
-            forget_dataset=token_dataset(2, seed=0),
-            data_collator=collate,
-            peft_config=lora(),
-        )
+        make(tmp_path, retain=None)
 
 
 def test_no_trainable_parameters(tmp_path):
     model = tiny_gpt2().requires_grad_(False)
     with pytest.raises(ValueError, match="peft_config=LoraConfig"):
-        GradAscentTrainer(
-            model=model,
-            args=GradAscentConfig(output_dir=str(tmp_path), use_cpu=True),
-            forget_dataset=token_dataset(2, seed=0),
-            data_collator=collate,
-        )
+        make_trainer("ga", tmp_path, model=model, retain=None)
 
 
 def test_tokenizer_larger_than_embeddings(tmp_path):
@@ -69,29 +41,14 @@ def test_tokenizer_larger_than_embeddings(tmp_path):
     vocab = {f"t{i}": i for i in range(64)}  # the toy model has 32 embeddings
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")))
     with pytest.raises(ValueError, match="resize_token_embeddings"):
-        GradDiffTrainer(
-            model=tiny_gpt2(),
-            args=config(tmp_path),
-            forget_dataset=token_dataset(2, seed=0),
-            retain_dataset=token_dataset(2, seed=1),
-            data_collator=collate,
-            processing_class=tokenizer,
-            peft_config=lora(),
-        )
+        make(tmp_path, processing_class=tokenizer)
 
 
 def test_non_empty_output_dir_is_not_overwritten(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    trainer = GradDiffTrainer(
-        model=tiny_gpt2(),
-        args=config(tmp_path),
-        forget_dataset=token_dataset(2, seed=0),
-        retain_dataset=token_dataset(2, seed=1),
-        data_collator=collate,
-        peft_config=lora(),
-    )
+    trainer = make(tmp_path)
     with pytest.raises(FileExistsError, match="overwrite_output_dir"):
         trainer.train()
     assert (out / "precious.txt").read_text() == "keep me" and os.listdir(out) == ["precious.txt"]
@@ -105,16 +62,8 @@ class PoisonAfterFirstCheckpoint(TrainerCallback):
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(tmp_path):
-    args = config(tmp_path, max_steps=3, save_strategy="steps", save_steps=1)
-    trainer = GradDiffTrainer(
-        model=tiny_gpt2(),
-        args=args,
-        forget_dataset=token_dataset(2, seed=0),
-        retain_dataset=token_dataset(2, seed=1),
-        data_collator=collate,
-        peft_config=lora(),
-        callbacks=[PoisonAfterFirstCheckpoint()],
-    )
+    callbacks = [PoisonAfterFirstCheckpoint()]
+    trainer = make(tmp_path, callbacks=callbacks, max_steps=3, save_strategy="steps", save_steps=1)
     with pytest.raises(FloatingPointError, match="global step 1"):
         trainer.train()
     checkpoint = tmp_path / "out" / "checkpoint-1"

@@ -6,48 +6,19 @@ import pytest
 import torch
 from peft import LoraConfig
 
-from hf_unlearn import (
-    GradAscentConfig,
-    GradAscentTrainer,
-    GradDiffConfig,
-    GradDiffTrainer,
-    NPOConfig,
-    NPOTrainer,
-    SimNPOConfig,
-    SimNPOTrainer,
-)
+from hf_unlearn import NPOConfig, NPOTrainer, SimNPOConfig, SimNPOTrainer
 from hf_unlearn.losses import model_per_example_loss
 
-from .toy_lm import collate, tiny_gpt2, token_dataset
+from ..testing_utils import EXACT_SGD, collate, gpt2_lora_config, tiny_gpt2, token_dataset
+from ..testing_utils import make_trainer as shared_make_trainer
 
 
-LORA = dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"], lora_dropout=0.0, init_lora_weights=False)
-
-
-def make_trainer(trainer_cls, config_cls, tmp_path, peft=True, **overrides):
-    args = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        max_steps=3,
-        learning_rate=1e-2,
-        optim="sgd",
-        lr_scheduler_type="constant",
-        max_grad_norm=0.0,
-        weight_decay=0.0,
-        use_cpu=True,
-        logging_steps=1,
-        report_to="none",
-        seed=0,
-        disable_tqdm=True,
-    )
-    args.update(overrides)
-    return trainer_cls(
-        model=tiny_gpt2(),
-        args=config_cls(**args),
-        forget_dataset=token_dataset(4, seed=1),
-        retain_dataset=token_dataset(6, seed=2),
-        data_collator=collate,
-        peft_config=LoraConfig(**LORA) if peft else None,
+def make_trainer(method, tmp_path, peft=True, **overrides):
+    return shared_make_trainer(
+        method,
+        tmp_path,
+        peft_config=gpt2_lora_config() if peft else None,
+        **{**EXACT_SGD, "learning_rate": 1e-2, **overrides},
     )
 
 
@@ -60,20 +31,12 @@ def mean_loss(trainer, dataset) -> float:
     return value
 
 
-METHODS = [
-    (GradAscentTrainer, GradAscentConfig),
-    (GradDiffTrainer, GradDiffConfig),
-    (NPOTrainer, NPOConfig),
-    (SimNPOTrainer, SimNPOConfig),
-]
-
-
-@pytest.mark.parametrize("trainer_cls, config_cls", METHODS, ids=[m[0]._name for m in METHODS])
-def test_step_changes_only_adapter_and_raises_forget_loss(trainer_cls, config_cls, tmp_path):
+@pytest.mark.parametrize("method", ["ga", "graddiff", "npo", "simnpo"])
+def test_step_changes_only_adapter_and_raises_forget_loss(method, tmp_path):
     # SimNPO's default β=2.5 saturates on an untrained model (σ(β·ℓ) ≈ 1 at ℓ ≈ 3.5, a vanishing forget gradient)
     # and its retain term then drives the step; check its own forget term alone, at a β where it is not saturated.
-    overrides = {"beta": 0.5, "retain_weight": 0.0} if config_cls is SimNPOConfig else {}
-    trainer = make_trainer(trainer_cls, config_cls, tmp_path, **overrides)
+    overrides = {"beta": 0.5, "retain_weight": 0.0} if method == "simnpo" else {}
+    trainer = make_trainer(method, tmp_path, **overrides)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     forget_before = mean_loss(trainer, trainer.train_dataset)
     trainer.train()
@@ -90,7 +53,7 @@ def test_step_changes_only_adapter_and_raises_forget_loss(trainer_cls, config_cl
 
 
 def test_full_finetuning_without_adapter(tmp_path):
-    trainer = make_trainer(GradDiffTrainer, GradDiffConfig, tmp_path, peft=False)
+    trainer = make_trainer("graddiff", tmp_path, peft=False)
     before = trainer.model.transformer.wte.weight.detach().clone()
     trainer.train()
     assert not torch.equal(before, trainer.model.transformer.wte.weight)
@@ -98,8 +61,8 @@ def test_full_finetuning_without_adapter(tmp_path):
 
 def test_graddiff_retain_term_lowers_retain_loss_relative_to_ga(tmp_path):
     """Same forget batches, same steps: the retain term must leave the retain loss lower than GA does."""
-    ga = make_trainer(GradAscentTrainer, GradAscentConfig, tmp_path / "ga", max_steps=5)
-    gd = make_trainer(GradDiffTrainer, GradDiffConfig, tmp_path / "gd", max_steps=5, retain_weight=5.0)
+    ga = make_trainer("ga", tmp_path / "ga", max_steps=5)
+    gd = make_trainer("graddiff", tmp_path / "gd", max_steps=5, retain_weight=5.0)
     retain = token_dataset(6, seed=2)
     ga.train()
     gd.train()
@@ -164,7 +127,7 @@ def test_npo_and_simnpo_losses_match_hand_computation(tmp_path):
 
 
 def test_retain_stream_cycles_with_full_batches(tmp_path):
-    trainer = make_trainer(GradDiffTrainer, GradDiffConfig, tmp_path, per_device_retain_batch_size=4)
+    trainer = make_trainer("graddiff", tmp_path, per_device_retain_batch_size=4)
     seen = set()
     for _ in range(12):  # 6 retain examples, batches of 4: the stream wraps around every batch or two
         rows = [tuple(row[row != -100].tolist()) for row in trainer.next_retain_batch()["labels"]]
@@ -179,13 +142,14 @@ def test_adapter_initialisation_follows_args_seed(tmp_path):
     for rng_noise in (1, 2):
         model = tiny_gpt2()
         torch.rand(rng_noise * 100)
-        trainer = GradDiffTrainer(
+        trainer = shared_make_trainer(
+            "graddiff",
+            tmp_path / f"o{rng_noise}",
             model=model,
-            args=GradDiffConfig(output_dir=str(tmp_path / f"o{rng_noise}"), use_cpu=True, report_to="none", seed=3),
-            forget_dataset=token_dataset(2, seed=1),
-            retain_dataset=token_dataset(2, seed=2),
-            data_collator=collate,
+            forget=token_dataset(2, seed=1),
+            retain=token_dataset(2, seed=2),
             peft_config=LoraConfig(r=2, target_modules=["c_attn"]),
+            seed=3,
         )
         adapters.append({n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_A" in n})
     assert adapters[0] and all(torch.equal(adapters[0][n], adapters[1][n]) for n in adapters[0])

@@ -1,36 +1,46 @@
 """LURTrainer: one optimizer step moves θ by exactly −η·∇J, with ∇J recomputed independently in float64.
 
-The reference shares no code with the library: per-example losses are written here with ``log_softmax``/``gather``
-(Whisper's from ``tests/gradients/tiny_models.py``), and ∇J comes from plain autograd through an inline inner step
+The reference shares no code with the library: per-example losses come from the independent float64 reference of
+``tests/testing_utils.py`` (written with ``F.cross_entropy``), and ∇J from plain autograd through an inline inner step
 (``create_graph=True``; the inner gradient detached for first order). The batches the trainer really used are
 recorded by spying on ``training_step`` / ``next_retain_batch``, so the reference sees exactly the same data.
 """
+
+from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from peft import LoraConfig, get_peft_model
+from peft import get_peft_model
 from torch import nn
 from torch.func import functional_call
-from transformers import GPT2Config, GPT2LMHeadModel
 
-from hf_unlearn import METHODS, GradDiffConfig, GradDiffTrainer, LURConfig, LURTrainer
+from hf_unlearn import METHODS, LURConfig, LURTrainer
 
-from ..gradients.tiny_models import reference_losses, tiny_whisper_lora
+from ..testing_utils import (
+    EXACT_SGD,
+    PAD,
+    START,
+    OnceDifferentiableTanh,
+    collate,
+    collate_speech,
+    gpt2_lora_config,
+    make_trainer,
+    reference_losses,
+    target_log_probs,
+    tiny_gpt2,
+    tiny_whisper_lora,
+)
+from ..testing_utils import REFERENCE_VOCAB as VOCAB
+from ..testing_utils import speech_dataset as shared_speech_dataset
 
 
 BETA, GAMMA, LR = 0.3, 0.7, 0.5
-VOCAB, PAD = 24, 0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The models are tiny: intra-op threads only add synchronisation on a loaded 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The models are tiny: one intra-op thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -38,30 +48,9 @@ def _one_thread():
 
 
 def gpt2_lora(attn: str = "eager", seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=VOCAB,
-        n_positions=16,
-        n_embd=16,
-        n_layer=2,
-        n_head=2,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=PAD,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        attn_implementation=attn,
-    )
-    lora = LoraConfig(
-        r=2,
-        lora_alpha=4,
-        target_modules=["c_attn", "c_proj"],
-        fan_in_fan_out=True,
-        lora_dropout=0.0,
-        init_lora_weights=False,
-    )
-    return get_peft_model(GPT2LMHeadModel(config), lora).double()
+    config = dict(n_positions=16, bos_token_id=START, eos_token_id=2, pad_token_id=PAD, attn_implementation=attn)
+    model = tiny_gpt2(seed, vocab_size=VOCAB, **config)
+    return get_peft_model(model, gpt2_lora_config(r=2, fan_in_fan_out=True)).double()
 
 
 def token_dataset(n: int, seed: int) -> Dataset:
@@ -72,57 +61,21 @@ def token_dataset(n: int, seed: int) -> Dataset:
     )
 
 
-def collate_tokens(examples: list[dict]) -> dict[str, torch.Tensor]:
-    length = max(len(e["input_ids"]) for e in examples)
-    input_ids = torch.full((len(examples), length), PAD)
-    labels = torch.full((len(examples), length), -100)
-    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example["input_ids"])
-        input_ids[row, :n] = labels[row, :n] = torch.tensor(example["input_ids"])
-        attention_mask[row, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+collate_tokens = partial(collate, pad_token_id=PAD)
 
 
 def speech_dataset(n: int, seed: int) -> Dataset:
-    generator = torch.Generator().manual_seed(seed)
-    rows = []
-    for _ in range(n):
-        length = int(torch.randint(1, 6, (1,), generator=generator))
-        rows.append(
-            {
-                "input_features": torch.randn(8, 12, generator=generator, dtype=torch.float64).tolist(),
-                "labels": torch.randint(3, VOCAB, (length,), generator=generator).tolist(),
-            }
-        )
-    return Dataset.from_list(rows)
-
-
-def collate_speech(examples: list[dict]) -> dict[str, torch.Tensor]:
-    length = max(len(e["labels"]) for e in examples)
-    labels = torch.full((len(examples), length), -100)
-    for row, example in enumerate(examples):
-        labels[row, : len(example["labels"])] = torch.tensor(example["labels"])
-    features = torch.tensor([e["input_features"] for e in examples], dtype=torch.float64)
-    return {"input_features": features, "labels": labels}
+    return shared_speech_dataset(n, seed, max_len=5)
 
 
 def seq_log_prob(model, params, batch):
-    """(Σ_t log p(y_t), |y|) per example of a causal LM, the shift written out here."""
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    logits = functional_call(model, params, (), inputs).logits[:, :-1]
-    labels = batch["labels"][:, 1:]
-    mask = labels != -100
-    token = torch.log_softmax(logits, -1).gather(-1, labels.clamp_min(0)[..., None])[..., 0]
-    return (token * mask).sum(-1), mask.sum(-1)
+    """(Σ_t log p(y_t), |y|) per example, from the shared independent reference."""
+    return target_log_probs(lambda **inputs: functional_call(model, params, (), inputs), batch)
 
 
 def mean_nll(model, params, batch):
     """L = (1/B)·Σ_i mean over example i's targets of −log p (DESIGN §1)."""
-    if "input_features" in batch:  # Whisper: the shared independent reference of tests/gradients
-        return reference_losses(lambda **inputs: functional_call(model, params, (), inputs), batch).mean()
-    log_prob, lengths = seq_log_prob(model, params, batch)
-    return (-log_prob / lengths).mean()
+    return reference_losses(lambda **inputs: functional_call(model, params, (), inputs), batch).mean()
 
 
 def npo_loss(model, params, batch, beta):
@@ -146,32 +99,26 @@ def reference_meta_grad(theta, inner, outer, w_inner, w_outer, beta, second_orde
 # One trainer step, with the batches it used
 
 
-def train_one_step(
-    model, tmp_path, forget, retain, collator, trainer_cls=LURTrainer, config_cls=LURConfig, **overrides
-):
-    args = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=len(forget),
-        per_device_retain_batch_size=len(retain),
-        max_steps=1,
-        learning_rate=LR,
-        optim="sgd",
-        lr_scheduler_type="constant",
-        max_grad_norm=0.0,
-        weight_decay=0.0,
-        use_cpu=True,
-        logging_steps=1,
-        report_to="none",
-        seed=0,
-        disable_tqdm=True,
-        retain_weight=GAMMA,
-    )
-    if config_cls is LURConfig:
+def train_one_step(model, tmp_path, forget, retain, collator=None, method="lur", **overrides):
+    args = {
+        **EXACT_SGD,
+        "per_device_train_batch_size": len(forget),
+        "per_device_retain_batch_size": len(retain),
+        "max_steps": 1,
+        "learning_rate": LR,
+        "retain_weight": GAMMA,
+    }
+    if method == "lur":
         args["inner_lr"] = BETA
         args["forget_loss"] = "ga"  # the references below write L_u = −L_f; NPO has its own test
-    args.update(overrides)
-    trainer = trainer_cls(
-        model=model, args=config_cls(**args), forget_dataset=forget, retain_dataset=retain, data_collator=collator
+    trainer = make_trainer(
+        method,
+        tmp_path,
+        model=model,
+        forget=forget,
+        retain=retain,
+        collator=collator or collate_tokens,
+        **{**args, **overrides},
     )
     used = {"forget": [], "retain": [], "fresh_forget": []}
 
@@ -222,7 +169,7 @@ def ga_and_retain(model, forget_batch, retain_batch):
 def test_sgd_step_is_minus_lr_times_meta_gradient_gpt2(meta_order, tmp_path):
     model = gpt2_lora()
     trainer, delta, theta, used = train_one_step(
-        model, tmp_path, token_dataset(3, 1), token_dataset(4, 2), collate_tokens, meta_order=meta_order
+        model, tmp_path, token_dataset(3, 1), token_dataset(4, 2), meta_order=meta_order
     )
     assert len(used["forget"]) == 1 and len(used["retain"]) == 1
     unlearn, retain = ga_and_retain(model, used["forget"][0], used["retain"][0])
@@ -240,7 +187,9 @@ def test_sgd_step_is_minus_lr_times_meta_gradient_gpt2(meta_order, tmp_path):
 
 def test_sgd_step_is_minus_lr_times_meta_gradient_whisper(tmp_path):
     model = tiny_whisper_lora(r=2)
-    _, delta, theta, used = train_one_step(model, tmp_path, speech_dataset(2, 1), speech_dataset(3, 2), collate_speech)
+    _, delta, theta, used = train_one_step(
+        model, tmp_path, speech_dataset(2, 1), speech_dataset(3, 2), collator=collate_speech
+    )
     unlearn, retain = ga_and_retain(model, used["forget"][0], used["retain"][0])
     assert_update_is(delta, reference_meta_grad(theta, unlearn, retain, 1.0, GAMMA, BETA), what="Whisper, exact")
 
@@ -249,16 +198,16 @@ def test_default_sdpa_attention_gets_the_exact_step(tmp_path):
     # transformers' default attention (SDPA) has no double backward in its fused kernels; the trainer must still give
     # the exact second-order update, identical to the eager model's.
     deltas = [
-        train_one_step(gpt2_lora(attn), tmp_path / attn, token_dataset(3, 1), token_dataset(4, 2), collate_tokens)[1]
+        train_one_step(gpt2_lora(attn), tmp_path / attn, token_dataset(3, 1), token_dataset(4, 2))[1]
         for attn in ("sdpa", "eager")
     ]
     assert_update_is(deltas[0], [d / -LR for d in deltas[1]], rtol=1e-10, what="SDPA vs eager")
 
 
 def test_zero_inner_lr_is_grad_diff(tmp_path):
-    data = (token_dataset(3, 1), token_dataset(4, 2), collate_tokens)
+    data = (token_dataset(3, 1), token_dataset(4, 2))
     _, lur_delta, _, _ = train_one_step(gpt2_lora(), tmp_path / "lur", *data, inner_lr=0.0)
-    _, gd_delta, _, _ = train_one_step(gpt2_lora(), tmp_path / "gd", *data, GradDiffTrainer, GradDiffConfig)
+    _, gd_delta, _, _ = train_one_step(gpt2_lora(), tmp_path / "gd", *data, method="graddiff")
     assert_update_is(lur_delta, [d / -LR for d in gd_delta], rtol=1e-10, what="LUR(β=0) vs GradDiff(λ=γ)")
 
 
@@ -269,7 +218,6 @@ def test_gradient_accumulation_averages_micro_batch_meta_gradients(tmp_path):
         tmp_path,
         token_dataset(4, 1),
         token_dataset(6, 2),
-        collate_tokens,
         per_device_train_batch_size=2,
         per_device_retain_batch_size=3,
         gradient_accumulation_steps=2,
@@ -291,7 +239,6 @@ def test_mirrored_order_matches_its_formula(tmp_path):
         tmp_path,
         token_dataset(3, 1),
         token_dataset(4, 2),
-        collate_tokens,
         objective_order="retain_then_unlearn",
     )
     unlearn, retain = ga_and_retain(model, used["forget"][0], used["retain"][0])
@@ -302,7 +249,7 @@ def test_mirrored_order_matches_its_formula(tmp_path):
 def test_npo_forget_loss(tmp_path):
     model = gpt2_lora()
     trainer, delta, theta, used = train_one_step(
-        model, tmp_path, token_dataset(3, 1), token_dataset(4, 2), collate_tokens, forget_loss="npo", npo_beta=0.5
+        model, tmp_path, token_dataset(3, 1), token_dataset(4, 2), forget_loss="npo", npo_beta=0.5
     )
     forget, retain_batch = used["forget"][0], used["retain"][0]
 
@@ -321,7 +268,6 @@ def test_fresh_inner_batch_scores_a_new_retain_draw_at_the_virtual_point(tmp_pat
         tmp_path,
         token_dataset(3, 1),
         token_dataset(6, 2),
-        collate_tokens,
         per_device_retain_batch_size=3,
         inner_batch="fresh",
     )
@@ -342,7 +288,6 @@ def test_fresh_inner_batch_mirrored_scores_a_new_forget_draw(tmp_path):
         tmp_path,
         token_dataset(6, 1),
         token_dataset(4, 2),
-        collate_tokens,
         per_device_train_batch_size=3,
         inner_batch="fresh",
         objective_order="retain_then_unlearn",
@@ -358,7 +303,7 @@ def test_fresh_inner_batch_mirrored_scores_a_new_forget_draw(tmp_path):
 
 
 def test_diagnostics_are_logged_on_logging_steps_only(tmp_path):
-    data = (token_dataset(3, 1), token_dataset(4, 2), collate_tokens)
+    data = (token_dataset(3, 1), token_dataset(4, 2))
     trainer, _, _, _ = train_one_step(gpt2_lora(), tmp_path / "a", *data)
     expected = {
         "forget/loss",
@@ -394,8 +339,7 @@ def test_registered_for_the_recipe_cli():
 
 def test_invalid_config_names_the_fix(tmp_path):
     common = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none")
-    with pytest.raises(ValueError, match="inner_lr.*>= 0"):
-        LURConfig(inner_lr=-0.1, **common)
+    # A negative inner_lr: tests/methods/test_every_method.py (with every method's own hyperparameter).
     with pytest.raises(ValueError, match="retain_weight > 0"):
         LURConfig(retain_weight=0.0, **common)
     with pytest.raises(ValueError, match="meta_order"):
@@ -408,22 +352,7 @@ def test_invalid_config_names_the_fix(tmp_path):
 
 def test_non_finite_virtual_loss_names_the_step(tmp_path):
     with pytest.raises(FloatingPointError, match=r"global step 0.*inner_lr"):
-        train_one_step(gpt2_lora(), tmp_path, token_dataset(3, 1), token_dataset(4, 2), collate_tokens, inner_lr=1e300)
-
-
-class _OnceDifferentiableTanh(torch.autograd.Function):
-    # Stands in for a fused kernel without double backward.
-    @staticmethod
-    def forward(ctx, x):
-        y = torch.tanh(x)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        (y,) = ctx.saved_tensors
-        return grad * (1 - y * y)
+        train_one_step(gpt2_lora(), tmp_path, token_dataset(3, 1), token_dataset(4, 2), inner_lr=1e300)
 
 
 class _FusedLM(nn.Module):
@@ -434,11 +363,11 @@ class _FusedLM(nn.Module):
         self.config = type("Config", (), {"is_encoder_decoder": False})()
 
     def forward(self, input_ids, attention_mask=None):
-        return type("Out", (), {"logits": self.head(_OnceDifferentiableTanh.apply(self.embed(input_ids)))})()
+        return type("Out", (), {"logits": self.head(OnceDifferentiableTanh.apply(self.embed(input_ids)))})()
 
 
 def test_second_order_without_double_backward_suggests_first_order(tmp_path):
-    data = (token_dataset(3, 1), token_dataset(4, 2), collate_tokens)
+    data = (token_dataset(3, 1), token_dataset(4, 2))
     with pytest.raises(RuntimeError, match="meta_order='first'"):
         train_one_step(_FusedLM(), tmp_path / "second", *data)
     _, delta, _, _ = train_one_step(_FusedLM(), tmp_path / "first", *data, meta_order="first")

@@ -2,7 +2,7 @@
 
 Every exactness claim runs in float64 with SGD (no momentum, no weight decay, no clipping, constant learning rate), so
 one `train()` step moves the trainable parameters by exactly ``−η·d``. The reference ``d`` comes from a loop of
-per-sample backward passes (`tests/gradients/tiny_models.py`) and an explicit `torch.linalg.lstsq` projection of the
+per-sample backward passes (`tests/testing_utils.py`) and an explicit `torch.linalg.lstsq` projection of the
 flattened gradients.
 """
 
@@ -12,21 +12,30 @@ import pytest
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from peft import LoraConfig, get_peft_model
+from peft import get_peft_model
 from torch import nn
 from transformers import TrainerCallback
 
 from hf_unlearn import METHODS, GRUConfig, GRUTrainer, OrthoGradConfig, OrthoGradTrainer
 from hf_unlearn.methods.orthograd import concatenate_batches
 
-from ..gradients.tiny_models import (
+from ..testing_utils import (
+    EXACT_SGD,
     assert_close,
+    collate,
+    collate_speech,
+    flat_trainable,
     flatten,
+    gpt2_lora_config,
+    logged,
     loop_per_sample_grads,
     reference_losses,
+    speech_dataset,
+    tiny_gpt2,
     tiny_whisper_lora,
+    token_dataset,
 )
-from .toy_lm import collate, tiny_gpt2, token_dataset
+from ..testing_utils import make_trainer as shared_make_trainer
 
 
 LR = 0.05
@@ -34,33 +43,7 @@ DIAGNOSTICS = ("rank", "removed_fraction", "max_retain_cosine", "forget_retain_c
 
 
 def gpt2_lora(seed: int = 0, dtype=torch.float64) -> nn.Module:
-    lora = LoraConfig(
-        r=2, lora_alpha=4, target_modules=["c_attn", "c_proj"], lora_dropout=0.0, init_lora_weights=False
-    )
-    return get_peft_model(tiny_gpt2(seed), lora).to(dtype)
-
-
-def whisper_dataset(n: int, seed: int) -> Dataset:
-    generator = torch.Generator().manual_seed(seed)
-    rows = []
-    for _ in range(n):
-        length = int(torch.randint(1, 7, (1,), generator=generator))
-        rows.append(
-            {
-                "input_features": torch.randn(8, 12, generator=generator, dtype=torch.float64).tolist(),
-                "labels": torch.randint(3, 24, (length,), generator=generator).tolist(),
-            }
-        )
-    return Dataset.from_list(rows)
-
-
-def whisper_collate(examples: list[dict]) -> dict[str, torch.Tensor]:
-    length = max(len(e["labels"]) for e in examples)
-    labels = torch.full((len(examples), length), -100, dtype=torch.long)
-    for row, example in enumerate(examples):
-        labels[row, : len(example["labels"])] = torch.tensor(example["labels"])
-    features = torch.tensor([e["input_features"] for e in examples], dtype=torch.float64)
-    return {"input_features": features, "labels": labels}
+    return get_peft_model(tiny_gpt2(seed), gpt2_lora_config(r=2)).to(dtype)
 
 
 KINDS = {
@@ -68,41 +51,33 @@ KINDS = {
     "gpt2": lambda: (gpt2_lora(), token_dataset(3, seed=1), token_dataset(4, seed=2), collate),
     "whisper": lambda: (
         tiny_whisper_lora(2, seed=3),
-        whisper_dataset(3, seed=1),
-        whisper_dataset(4, seed=2),
-        whisper_collate,
+        speech_dataset(3, seed=1, max_len=6),
+        speech_dataset(4, seed=2, max_len=6),
+        collate_speech,
     ),
 }
 
 
-def make_trainer(
-    model, forget, retain, collator, tmp_path, trainer_cls=OrthoGradTrainer, config_cls=OrthoGradConfig, **overrides
-):
-    args = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=len(forget),
-        per_device_retain_batch_size=len(retain),
-        max_steps=1,
-        learning_rate=LR,
-        optim="sgd",
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        max_grad_norm=0.0,
-        use_cpu=True,
-        logging_steps=1,
-        report_to="none",
-        seed=0,
-        disable_tqdm=True,
-        retain_mix=0.0,
+def make_trainer(model, forget, retain, tmp_path, collator=collate, method="orthograd", trainer_cls=None, **overrides):
+    """One exact SGD step of `method` on the whole forget and retain sets (α = 0 unless told)."""
+    return shared_make_trainer(
+        method,
+        tmp_path,
+        model=model,
+        forget=forget,
+        retain=retain,
+        collator=collator,
+        trainer_cls=trainer_cls,
+        **{
+            **EXACT_SGD,
+            "per_device_train_batch_size": len(forget),
+            "per_device_retain_batch_size": len(retain),
+            "max_steps": 1,
+            "learning_rate": LR,
+            "retain_mix": 0.0,
+            **overrides,
+        },
     )
-    args.update(overrides)
-    return trainer_cls(
-        model=model, args=config_cls(**args), forget_dataset=forget, retain_dataset=retain, data_collator=collator
-    )
-
-
-def flat_trainable(model: nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad]).clone()
 
 
 def explicit_direction(model, forget_batch, retain_batch, alpha, rank_one=False, forget_loss_fn=reference_losses):
@@ -119,13 +94,6 @@ def explicit_direction(model, forget_batch, retain_batch, alpha, rank_one=False,
     return alpha * mean - (1 - alpha) * projected, G
 
 
-def logged(trainer) -> dict[str, float]:
-    merged = {}
-    for entry in trainer.state.log_history:
-        merged.update(entry)
-    return merged
-
-
 def assert_orthogonal(update: torch.Tensor, G: torch.Tensor) -> None:
     relative = (G.T @ update).abs() / (G.norm(dim=0) * update.norm())
     assert relative.max() < 1e-8, f"update not orthogonal to retain gradients: relative <d, g_i> = {relative.tolist()}"
@@ -140,7 +108,7 @@ def test_one_sgd_step_is_the_projected_forget_step(kind, alpha, tmp_path):
     model, forget, retain, collator = KINDS[kind]()
     expected, G = explicit_direction(model, collator(list(forget)), collator(list(retain)), alpha)
     before = flat_trainable(model)
-    trainer = make_trainer(model, forget, retain, collator, tmp_path, retain_mix=alpha)
+    trainer = make_trainer(model, forget, retain, tmp_path, collator=collator, retain_mix=alpha)
     assert trainer.per_sample_backend == "fused"
     trainer.train()
     update = flat_trainable(model) - before
@@ -164,7 +132,7 @@ def test_rank_deficient_retain_batch_with_duplicates(tmp_path):
     retain = Dataset.from_list(list(unique) + [unique[0], unique[2]])  # k = 5, rank 3
     expected, G = explicit_direction(model, collate(list(forget)), collate(list(retain)), 0.0)
     before = flat_trainable(model)
-    trainer = make_trainer(model, forget, retain, collate, tmp_path)
+    trainer = make_trainer(model, forget, retain, tmp_path)
     trainer.train()
     update = flat_trainable(model) - before
     assert logged(trainer)["orthograd/rank"] == 3
@@ -183,9 +151,7 @@ def test_rank_one_ablation_matches_its_formula(seed, conflict, tmp_path):
     forget_batch, retain_batch = collate(list(forget)), collate(list(retain))
     expected, G = explicit_direction(model, forget_batch, retain_batch, 0.2, rank_one=True)
     before = flat_trainable(model)
-    trainer = make_trainer(
-        model, forget, retain, collate, tmp_path, trainer_cls=GRUTrainer, config_cls=GRUConfig, retain_mix=0.2
-    )
+    trainer = make_trainer(model, forget, retain, tmp_path, method="gru", retain_mix=0.2)
     trainer.train()
     assert_close(flat_trainable(model) - before, -LR * expected, what="rank-1 step")
     logs = logged(trainer)
@@ -219,7 +185,6 @@ def test_gradient_accumulation_averages_per_micro_step_projections(tmp_path):
         model,
         forget,
         retain,
-        collate,
         tmp_path,
         trainer_cls=RecordingTrainer,
         per_device_train_batch_size=2,
@@ -244,7 +209,7 @@ def test_vmap_path_on_full_fine_tuning(tmp_path):
     forget, retain = token_dataset(2, seed=3), token_dataset(3, seed=4)
     expected, G = explicit_direction(model, collate(list(forget)), collate(list(retain)), 0.0)
     before = flat_trainable(model)
-    trainer = make_trainer(model, forget, retain, collate, tmp_path)
+    trainer = make_trainer(model, forget, retain, tmp_path)
     assert trainer.per_sample_backend == "vmap"
     trainer.train()
     update = flat_trainable(model) - before
@@ -262,7 +227,6 @@ def test_vmap_and_fused_paths_agree_on_lora(tmp_path):
             model,
             token_dataset(2, seed=1),
             token_dataset(3, seed=2),
-            collate,
             tmp_path / mode,
             per_sample_gradients=mode,
             retain_mix=0.4,
@@ -299,7 +263,6 @@ def test_npo_forget_loss_projects_the_npo_gradient_and_lowers_it(mode, tmp_path)
         model,
         forget,
         retain,
-        collate,
         tmp_path,
         forget_loss="npo",
         npo_beta=0.5,
@@ -333,7 +296,7 @@ class PoisonAdapter(TrainerCallback):
 def test_hooks_are_removed_after_a_step_and_after_an_error(tmp_path):
     model = gpt2_lora(seed=8)
     hooks = forward_hook_count(model)
-    trainer = make_trainer(model, token_dataset(2, seed=1), token_dataset(3, seed=2), collate, tmp_path, max_steps=3)
+    trainer = make_trainer(model, token_dataset(2, seed=1), token_dataset(3, seed=2), tmp_path, max_steps=3)
     trainer.add_callback(PoisonAdapter())
     with pytest.raises(FloatingPointError, match="global step 1"):
         trainer.train()  # step 1 is fine, then a NaN adapter weight makes step 2 fail inside the capture
@@ -359,7 +322,6 @@ def test_memory_does_not_grow_over_50_steps(tmp_path):
         model,
         token_dataset(4, seed=1),
         token_dataset(8, seed=2),
-        collate,
         tmp_path,
         per_device_train_batch_size=2,
         per_device_retain_batch_size=4,
@@ -379,8 +341,7 @@ def test_memory_does_not_grow_over_50_steps(tmp_path):
 
 def test_bad_input_names_the_fix(tmp_path):
     common = dict(output_dir=str(tmp_path / "o"), use_cpu=True, report_to="none")
-    with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        OrthoGradConfig(retain_mix=1.0, **common)
+    # α outside [0, 1): tests/methods/test_every_method.py (with every method's own hyperparameter).
     with pytest.raises(ValueError, match="per_device_retain_batch_size must be >= 1"):
         OrthoGradConfig(per_device_retain_batch_size=0, **common)
     with pytest.raises(ValueError, match="forget_loss"):
@@ -397,14 +358,13 @@ def test_bad_input_names_the_fix(tmp_path):
             tiny_gpt2(),
             token_dataset(2, seed=0),
             token_dataset(2, seed=1),
-            collate,
             tmp_path,
             per_sample_gradients="fused",
         )
     with_batch_norm = gpt2_lora()
     with_batch_norm.base_model.model.transformer.add_module("norm", nn.BatchNorm1d(16))
     with pytest.raises(ValueError, match="GroupNorm/LayerNorm"):
-        make_trainer(with_batch_norm, token_dataset(2, seed=0), token_dataset(2, seed=1), collate, tmp_path)
+        make_trainer(with_batch_norm, token_dataset(2, seed=0), token_dataset(2, seed=1), tmp_path)
 
 
 def test_concatenate_batches_pads_each_kind_of_tensor():

@@ -10,9 +10,17 @@ from transformers import TrainerCallback
 
 from hf_unlearn import OrthoGradConfig
 
-from ..gradients.tiny_models import assert_close, loop_per_sample_grads, reference_losses
-from .test_orthograd import LR, collate, flat_trainable, gpt2_lora, logged, make_trainer, token_dataset
-from .toy_lm import tiny_gpt2
+from ..testing_utils import (
+    assert_close,
+    collate,
+    flat_trainable,
+    logged,
+    loop_per_sample_grads,
+    reference_losses,
+    tiny_gpt2,
+    token_dataset,
+)
+from .test_orthograd import LR, gpt2_lora, make_trainer
 
 
 def per_tensor_grads(model, batch, loss_fn=reference_losses) -> dict[str, torch.Tensor]:
@@ -53,9 +61,7 @@ def test_per_tensor_step_projects_each_tensor_separately(build, alpha, tmp_path)
     g_f = {n: g.mean(0) for n, g in per_tensor_grads(model, collate(list(forget))).items()}
     expected = {n: alpha * G[n].mean(0) - (1 - alpha) * project_out(G[n].T, g_f[n]) for n in G}
     before = flat_trainable(model)
-    trainer = make_trainer(
-        model, forget, retain, collate, tmp_path, retain_mix=alpha, projection_granularity="per_tensor"
-    )
+    trainer = make_trainer(model, forget, retain, tmp_path, retain_mix=alpha, projection_granularity="per_tensor")
     assert trainer.per_sample_backend == "fused"
     trainer.train()
     update = flat_trainable(model) - before
@@ -72,7 +78,7 @@ def test_per_tensor_step_projects_each_tensor_separately(build, alpha, tmp_path)
         assert logs["orthograd/max_retain_cosine"] < 1e-8
     global_model = gpt2_lora(seed=1) if build == "lora" else untied_gpt2(seed=1)
     global_before = flat_trainable(global_model)
-    make_trainer(global_model, forget, retain, collate, tmp_path / "g", retain_mix=alpha).train()
+    make_trainer(global_model, forget, retain, tmp_path / "g", retain_mix=alpha).train()
     difference = (flat_trainable(global_model) - global_before - update).norm() / update.norm()
     assert difference > 1e-3, "per-tensor and global projections coincide: the test cannot tell them apart"
     assert logs["orthograd/rank"] > len(retain)  # up to #tensors × k directions removed, not k
@@ -106,7 +112,6 @@ def test_preconditioned_step_is_orthogonal_to_every_retain_gradient(granularity,
         model,
         forget,
         retain,
-        collate,
         tmp_path,
         projection_space="preconditioned",
         projection_granularity=granularity,
@@ -139,7 +144,6 @@ def test_preconditioned_orthogonality_holds_after_the_first_step_and_gradient_sp
             model,
             forget,
             retain,
-            collate,
             tmp_path / space,
             projection_space=space,
             optim=optim,
@@ -207,7 +211,7 @@ def test_kl_retain_loss_projects_against_per_sample_kl_gradients(mode, tmp_path)
     kl_before = kl_losses(model, collate(list(retain))).mean().item()
     before = flat_trainable(model)
     trainer = make_trainer(
-        model, forget, retain, collate, tmp_path, retain_loss="kl", retain_mix=alpha, per_sample_gradients=mode
+        model, forget, retain, tmp_path, retain_loss="kl", retain_mix=alpha, per_sample_gradients=mode
     )
     trainer.train()
     update = flat_trainable(model) - before
@@ -222,7 +226,7 @@ def test_kl_retain_loss_projects_against_per_sample_kl_gradients(mode, tmp_path)
 def test_kl_retain_loss_uses_a_frozen_copy_without_adapter(tmp_path):
     model = untied_gpt2(seed=5)
     forget, retain = token_dataset(2, seed=12), token_dataset(3, seed=13)
-    trainer = make_trainer(model, forget, retain, collate, tmp_path, retain_loss="kl", max_steps=2)
+    trainer = make_trainer(model, forget, retain, tmp_path, retain_loss="kl", max_steps=2)
     trainer.train()
     logs = trainer.state.log_history
     kls = [entry["retain/kl"] for entry in logs if "retain/kl" in entry]
@@ -240,7 +244,7 @@ def test_full_fine_tuning_is_fused_when_every_layer_is_supported(tmp_path):
     g_f = flat({n: g.mean(0) for n, g in per_tensor_grads(model, collate(list(forget))).items()})
     expected = -project_out(G.T, g_f)
     before = flat_trainable(model)
-    trainer = make_trainer(model, forget, retain, collate, tmp_path)
+    trainer = make_trainer(model, forget, retain, tmp_path)
     assert trainer.per_sample_backend == "fused"
     trainer.train()
     assert_close(flat_trainable(model) - before, -LR * expected, what="full-parameter fused step")
@@ -254,7 +258,7 @@ def test_unsupported_layer_falls_back_to_vmap_with_one_line_naming_it(tmp_path):
     logger.addHandler(handler)
     try:
         trainer = make_trainer(
-            tiny_gpt2(seed=7).double(), token_dataset(2, seed=1), token_dataset(2, seed=2), collate, tmp_path
+            tiny_gpt2(seed=7).double(), token_dataset(2, seed=1), token_dataset(2, seed=2), tmp_path
         )
     finally:
         logger.removeHandler(handler)
@@ -265,7 +269,7 @@ def test_unsupported_layer_falls_back_to_vmap_with_one_line_naming_it(tmp_path):
     logger.addHandler(handler)
     try:  # found only when the step runs: the position embedding is called on a batch of 1 and broadcast
         model = untied_gpt2(seed=7, train_positions=True)
-        trainer = make_trainer(model, token_dataset(2, seed=1), token_dataset(2, seed=2), collate, tmp_path / "p")
+        trainer = make_trainer(model, token_dataset(2, seed=1), token_dataset(2, seed=2), tmp_path / "p")
         assert trainer.per_sample_backend == "fused"
         before = flat_trainable(model)
         trainer.train()
@@ -280,7 +284,6 @@ def test_unsupported_layer_falls_back_to_vmap_with_one_line_naming_it(tmp_path):
             tiny_gpt2(seed=7).double(),
             token_dataset(2, seed=1),
             token_dataset(2, seed=2),
-            collate,
             tmp_path,
             per_sample_gradients="fused",
         )
@@ -296,7 +299,7 @@ def test_preconditioned_full_fine_tuning_stays_bounded_where_only_retain_samples
     assert retain_only, "the case needs tokens that only the retain batch contains"
     G = flat(per_tensor_grads(model, collate(list(retain))))
     before = flat_trainable(model)
-    trainer = make_trainer(model, forget, retain, collate, tmp_path, projection_space="preconditioned")
+    trainer = make_trainer(model, forget, retain, tmp_path, projection_space="preconditioned")
     assert trainer.per_sample_backend == "fused"
     trainer.train()
     update = flat_trainable(model) - before

@@ -18,8 +18,7 @@ from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `tests.` importable when run as a script
 
-from hf_unlearn.methods import METHODS  # noqa: E402
-from tests.methods.toy_lm import collate, tiny_gpt2, token_dataset  # noqa: E402
+from tests.testing_utils import make_trainer, token_dataset  # noqa: E402
 
 
 # Settings under which every term of every objective moves the adapter; the retain stream (3 batches a pass) wraps
@@ -61,8 +60,13 @@ def train(
     kill_after_save: int | None = None,
     kill_while_saving: int | None = None,
 ) -> None:
-    config_cls, trainer_cls = METHODS[method.split("_")[0]]
-    args = config_cls(
+    trainer = make_trainer(
+        method.split("_")[0],
+        output_dir,
+        forget=token_dataset(12, seed=1),
+        retain=token_dataset(10, seed=2),
+        peft_config=LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "c_proj"], init_lora_weights=False),
+        callbacks=[KillAfterSave(kill_after_save)] if kill_after_save else None,
         output_dir=str(output_dir),
         per_device_train_batch_size=2,
         per_device_retain_batch_size=3,
@@ -70,21 +74,7 @@ def train(
         save_strategy="steps",
         save_steps=SAVE_STEPS,
         learning_rate=0.05,
-        seed=0,
-        use_cpu=True,
-        logging_steps=1,
-        report_to="none",
-        disable_tqdm=True,
         **OVERRIDES[method],
-    )
-    trainer = trainer_cls(
-        model=tiny_gpt2(seed=0),
-        args=args,
-        forget_dataset=token_dataset(12, seed=1),
-        retain_dataset=token_dataset(10, seed=2),
-        data_collator=collate,
-        peft_config=LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "c_proj"], init_lora_weights=False),
-        callbacks=[KillAfterSave(kill_after_save)] if kill_after_save else None,
     )
     if kill_while_saving is not None:
         save_rng_state = trainer._save_rng_state

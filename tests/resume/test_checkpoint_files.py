@@ -79,32 +79,24 @@ def test_rotation_deletes_only_this_runs_checkpoints(tmp_path):
     user's unrelated file survive; of this run's checkpoints only the newest is kept."""
     from peft import LoraConfig
 
-    from hf_unlearn import GradDiffConfig, GradDiffTrainer
-    from tests.methods.toy_lm import collate, tiny_gpt2, token_dataset
+    from tests.testing_utils import make_trainer, token_dataset
 
     out = tmp_path / "out"
     earlier = checkpoint(out, 100)
     record_outputs(out, preexisting=set())
     (out / "notes.txt").write_text("mine")
-    args = GradDiffConfig(
+    trainer = make_trainer(
+        "graddiff",
+        tmp_path,
+        forget=token_dataset(4, seed=0),
+        retain=token_dataset(4, seed=1),
+        peft_config=LoraConfig(r=2, target_modules=["c_attn"]),
         output_dir=str(out),
         overwrite_output_dir=True,
         per_device_train_batch_size=2,
-        max_steps=3,
         save_strategy="steps",
         save_steps=1,
         save_total_limit=1,
-        use_cpu=True,
-        report_to="none",
-        disable_tqdm=True,
-    )
-    trainer = GradDiffTrainer(
-        model=tiny_gpt2(),
-        args=args,
-        forget_dataset=token_dataset(4, seed=0),
-        retain_dataset=token_dataset(4, seed=1),
-        data_collator=collate,
-        peft_config=LoraConfig(r=2, target_modules=["c_attn"]),
     )
     trainer.train()
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-100", "checkpoint-3"]

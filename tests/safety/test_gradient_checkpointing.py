@@ -5,38 +5,27 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model_state_dict
 
-from hf_unlearn.methods import METHODS
-from tests.methods.toy_lm import collate, tiny_gpt2, token_dataset
 from tests.resume.run_resumable import OVERRIDES
+from tests.testing_utils import make_trainer, tiny_gpt2, token_dataset
+
+
+SGD_RUN = dict(per_device_train_batch_size=2, max_steps=2, optim="sgd", learning_rate=0.5, max_grad_norm=0.0)
 
 
 def train(tmp_path, method, checkpointing=None, attention=None, **overrides):
-    config_cls, trainer_cls = METHODS[method]
     extra = {}
     if checkpointing is not None:
         extra = {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": checkpointing}}
-    args = config_cls(
-        output_dir=str(tmp_path / f"{method}-{checkpointing}-{attention}"),
-        per_device_train_batch_size=2,
-        max_steps=2,
-        optim="sgd",
-        learning_rate=0.5,
-        max_grad_norm=0.0,
-        use_cpu=True,
-        report_to="none",
-        disable_tqdm=True,
-        **{**OVERRIDES[method], **extra, **overrides},
-    )
     model = tiny_gpt2().double()
     if attention is not None:
         model.set_attn_implementation(attention)
-    trainer = trainer_cls(
+    trainer = make_trainer(
+        method,
+        tmp_path / f"{method}-{checkpointing}-{attention}",
         model=model,
-        args=args,
-        forget_dataset=token_dataset(4, seed=1),
-        retain_dataset=token_dataset(4, seed=2),
-        data_collator=collate,
+        retain=token_dataset(4, seed=2),
         peft_config=LoraConfig(r=2, target_modules=["c_attn"], init_lora_weights=False),
+        **{**SGD_RUN, **OVERRIDES[method], **extra, **overrides},
     )
     trainer.train()
     return trainer, {key: value.clone() for key, value in get_peft_model_state_dict(trainer.model).items()}

@@ -5,10 +5,10 @@ import pytest
 from datasets import Dataset
 from peft import LoraConfig
 
-from hf_unlearn import GradDiffConfig, GradDiffTrainer
+from hf_unlearn import GradDiffConfig
 from hf_unlearn.data.overlap import check_no_overlap, find_overlap
 from hf_unlearn.trainer import non_finite_advice
-from tests.methods.toy_lm import collate, tiny_gpt2, token_dataset
+from tests.testing_utils import make_trainer, token_dataset
 
 
 def clips(texts, speaker, seed):
@@ -42,15 +42,8 @@ def test_trainer_refuses_overlap_unless_allowed(tmp_path):
     retain = Dataset.from_list([{"id": "other", "input_ids": forget[3]["input_ids"]}, *token_dataset(3, seed=2)])
 
     def trainer(**overrides):
-        args = GradDiffConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", **overrides)
-        return GradDiffTrainer(
-            model=tiny_gpt2(),
-            args=args,
-            forget_dataset=forget,
-            retain_dataset=retain,
-            data_collator=collate,
-            peft_config=LoraConfig(r=2, target_modules=["c_attn"]),
-        )
+        lora = LoraConfig(r=2, target_modules=["c_attn"])
+        return make_trainer("graddiff", tmp_path, forget=forget, retain=retain, peft_config=lora, **overrides)
 
     with pytest.raises(ValueError, match=r"1 of 4 forget examples .*forget\[3\] = retain\[0\].*--allow_overlap"):
         trainer()

@@ -1,38 +1,23 @@
 """`recipes/unlearn_llm.py` end to end on the tiniest setting, in a subprocess as a user runs it."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+from functools import partial
 
 import pytest
 
+from ..testing_utils import default_recipe_run
+from ..testing_utils import run_recipe as run_tiny_recipe
 
-REPO = Path(__file__).resolve().parents[2]
-RECIPE = REPO / "recipes" / "unlearn_llm.py"
+
 SPLITS = {"forget", "retain", "real_authors", "world_facts", "holdout"}
 
 
-def run_recipe(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    pythonpath = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": pythonpath}
-    return subprocess.run(
-        [sys.executable, str(RECIPE), "--corpus_preset", "tiny", "--max_steps", "2", "--logging_steps", "1", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        cwd=REPO,
-    )
+run_recipe = partial(run_tiny_recipe, "unlearn_llm.py")
 
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("llm_recipe") / "out"
-    result = run_recipe("--output_dir", str(output_dir))
-    assert result.returncode == 0, result.stderr[-4000:]
-    return output_dir, result
+    return default_recipe_run("unlearn_llm.py", tmp_path_factory.mktemp("llm_recipe"))
 
 
 def test_recipe_writes_adapter_tokenizer_config_and_metrics(default_run):

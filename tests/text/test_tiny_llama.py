@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hf_unlearn.models import cache
 from hf_unlearn.models.text_reference import TextReferenceTrainingConfig, train_text_reference_model
 
-from .conftest import MICRO_LLAMA
+from ..testing_utils import MICRO_LLAMA
 
 
 def test_tokenizer_round_trips_and_sets_special_tokens(tiny_text_tokenizer, micro_llama, tmp_path):
