@@ -44,7 +44,7 @@ def help_key(recipe: str, argv: list[str]) -> str:
         except metadata.PackageNotFoundError:
             versions[name] = None
     config_text = None
-    for flag, value in zip(argv, argv[1:]):
+    for flag, value in zip(argv, argv[1:], strict=False):
         if flag == "--config" and Path(value).is_file():
             config_text = Path(value).read_text()
     for arg in argv:
