@@ -26,6 +26,7 @@ from .distributed import check_process_count
 from .eval.evaluator import ASREvaluator, ShardPlan, SplitEvaluator
 from .hub import model_card as hub_card
 from .hub import trainer_card
+from .integrations.deepspeed import declare_cpu_when_no_accelerator
 from .integrations.peft import get_peft_model_quietly
 from .integrations.transformers import attention_implementation, prepare_inputs, require_trainer_hooks
 from .losses import model_per_example_loss
@@ -113,6 +114,7 @@ class UnlearnTrainer(Trainer):
     ):
         if not isinstance(args, UnlearnConfig):
             raise TypeError(f"args must be an UnlearnConfig (or a method's config), got {type(args).__name__}.")
+        declare_cpu_when_no_accelerator()  # before `Trainer.__init__` imports DeepSpeed
         # Before anything costs time: `Trainer.__init__` would create the Hub repo, the card is first written at
         # the first checkpoint.
         hub_card.check_push_to_hub(args)

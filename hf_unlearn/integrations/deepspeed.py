@@ -9,6 +9,8 @@ whole; DeepSpeed's own release checks that set.
 """
 
 import contextlib
+import os
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -77,3 +79,20 @@ def _require_zero3_attributes(parameter: torch.nn.Parameter) -> None:
             f"(checked against {CHECKED}): install a supported DeepSpeed version, or update "
             "hf_unlearn/integrations/deepspeed.py."
         )
+
+
+def declare_cpu_when_no_accelerator() -> None:
+    """Tell DeepSpeed it runs on the CPU when torch sees no accelerator, before anything imports DeepSpeed.
+
+    transformers' `Trainer` imports DeepSpeed whenever it is installed; DeepSpeed then probes for a device and, when
+    it finds none, logs "Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect
+    it." on every run. `DS_ACCELERATOR` is DeepSpeed's documented override. It is set only when the user has not set
+    it and torch reports no accelerator (CUDA, MPS, XPU or a plugged-in backend): the case where DeepSpeed's probe
+    ends at "cpu" anyway, so only the warning changes. No effect once DeepSpeed is imported.
+    """
+    if "DS_ACCELERATOR" in os.environ or "deepspeed" in sys.modules:
+        return
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6; older: CUDA is what DeepSpeed would find
+    has_device = accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+    if not has_device:
+        os.environ["DS_ACCELERATOR"] = "cpu"

@@ -10,6 +10,8 @@ from datasets import Dataset
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
+from hf_unlearn.integrations.deepspeed import declare_cpu_when_no_accelerator
+
 
 @dataclass(frozen=True)
 class FromScratchConfig:
@@ -86,6 +88,7 @@ def fit_from_scratch(
         remove_unused_columns=False,
         dataloader_pin_memory=False,
     )
+    declare_cpu_when_no_accelerator()  # before `Trainer` imports DeepSpeed: no "unable to detect" warning
     trainer = Trainer(model=model, args=args, train_dataset=train_dataset, data_collator=collator)
     start = time.perf_counter()
     result = trainer.train()
