@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer
+from transformers.models.whisper.modeling_whisper import shift_tokens_right as shift_tokens_right
 
 from .accelerate import backward_kwargs
 
@@ -35,6 +36,9 @@ INTERNALS = (
     ("transformers.integrations.deepspeed", "set_hf_deepspeed_config"),
     ("transformers.PretrainedConfig", "_attn_implementation"),  # the attention kernel a model runs
     ("transformers.PreTrainedModel", "set_attn_implementation"),
+    # Every seq2seq model file defines the same model-independent `shift_tokens_right`; Whisper's (re-exported
+    # above) serves any encoder-decoder: labels shifted right, −100 → pad, the decoder start token first.
+    ("transformers.models.whisper.modeling_whisper", "shift_tokens_right"),
 )
 
 # What `Trainer.push_to_hub` (and `_push_from_checkpoint`) leave out of the upload of `output_dir`: transformers has no
