@@ -128,7 +128,11 @@ def whole_model_loading() -> Iterator[None]:
     partitioned and unusable outside the engine (the exact-retrain reference, an evaluation before `train`). With a
     LoRA adapter the frozen base fits on each device anyway; the engine partitions it when training starts.
     transformers offers `unset_hf_deepspeed_config` but no public getter of the config it unsets, so the weak
-    reference is read to restore it afterwards.
+    reference is read to restore it afterwards. accelerate's public switch,
+    `args.deepspeed_plugin.zero3_init_context_manager(enable=False)`, does not fit: it needs the run's
+    `TrainingArguments` at every call site, and on exit it installs a *new* global config built from a copy of the
+    plugin's dict (``"auto"`` batch sizes replaced by 1) instead of restoring the `HfTrainerDeepSpeedConfig` the
+    arguments processed (checked against accelerate 1.15).
     """
     try:
         from transformers.integrations import deepspeed as hf_deepspeed
