@@ -9,6 +9,8 @@ tokens (labels ``!= -100``), never a token mean over the whole batch. With that 
 import torch
 from torch import Tensor
 
+from .integrations.transformers import shift_tokens_right
+
 
 IGNORE_INDEX = -100
 
@@ -82,11 +84,9 @@ def align_logits_and_labels(logits: Tensor, labels: Tensor, is_encoder_decoder: 
 
 
 def shift_labels_right(labels: Tensor, pad_token_id: int, decoder_start_token_id: int) -> Tensor:
-    """transformers' seq2seq convention: ``decoder_input_ids`` are the labels shifted one step right."""
-    shifted = labels.new_full(labels.shape, pad_token_id)
-    shifted[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == IGNORE_INDEX, pad_token_id)
-    shifted[:, 0] = decoder_start_token_id
-    return shifted
+    """transformers' seq2seq convention: ``decoder_input_ids`` are the labels shifted one step right (−100 → pad),
+    with transformers' own `shift_tokens_right` (`hf_unlearn.integrations.transformers`)."""
+    return shift_tokens_right(labels, pad_token_id, decoder_start_token_id)
 
 
 def model_target_logits(

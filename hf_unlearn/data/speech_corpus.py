@@ -200,7 +200,9 @@ def _deck(words: tuple[str, ...], count: int, rng: np.random.Generator) -> list[
 def resample(audio: np.ndarray, orig_sr: int, target_sr: int = TARGET_SAMPLING_RATE) -> np.ndarray:
     """Band-limited resampling by zero-padding/truncating the spectrum (exact for clips of a few seconds).
 
-    Kept in numpy so the package needs neither sox nor scipy/torchaudio at run time.
+    Not `scipy.signal.resample`, which treats the Nyquist bin differently (measured: max |Δ| 1.3e-3 on 2 s of noise,
+    22.05 → 16 kHz): the embedded corpus, the cached base/retrain models keyed by its content and every figure built
+    on them would change. This is the resampling they were built with.
     """
     audio = np.asarray(audio, dtype=np.float32)
     if orig_sr == target_sr or audio.size == 0:

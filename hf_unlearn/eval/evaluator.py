@@ -34,7 +34,9 @@ class ShardPlan:
 
     Every process gets the same number of rows (the split is padded by wrapping around to its start), so that
     collective operations inside the forward — DeepSpeed ZeRO-3 gathers parameters layer by layer — run the same
-    number of times on every rank. `keep` marks the rows that are not padding.
+    number of times on every rank. `keep` marks the rows that are not padding. (Not accelerate's
+    `split_between_processes(..., apply_padding=True)`: it pads with copies of the last row and says nothing of which
+    rows are padding, so the aggregation could not drop them.)
     """
 
     indices: list[int]

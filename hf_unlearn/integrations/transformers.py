@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer
+from transformers.models.whisper.modeling_whisper import shift_tokens_right as shift_tokens_right
 
 from .accelerate import backward_kwargs
 
@@ -35,6 +36,9 @@ INTERNALS = (
     ("transformers.integrations.deepspeed", "set_hf_deepspeed_config"),
     ("transformers.PretrainedConfig", "_attn_implementation"),  # the attention kernel a model runs
     ("transformers.PreTrainedModel", "set_attn_implementation"),
+    # Every seq2seq model file defines the same model-independent `shift_tokens_right`; Whisper's (re-exported
+    # above) serves any encoder-decoder: labels shifted right, −100 → pad, the decoder start token first.
+    ("transformers.models.whisper.modeling_whisper", "shift_tokens_right"),
 )
 
 # What `Trainer.push_to_hub` (and `_push_from_checkpoint`) leave out of the upload of `output_dir`: transformers has no
@@ -124,7 +128,11 @@ def whole_model_loading() -> Iterator[None]:
     partitioned and unusable outside the engine (the exact-retrain reference, an evaluation before `train`). With a
     LoRA adapter the frozen base fits on each device anyway; the engine partitions it when training starts.
     transformers offers `unset_hf_deepspeed_config` but no public getter of the config it unsets, so the weak
-    reference is read to restore it afterwards.
+    reference is read to restore it afterwards. accelerate's public switch,
+    `args.deepspeed_plugin.zero3_init_context_manager(enable=False)`, does not fit: it needs the run's
+    `TrainingArguments` at every call site, and on exit it installs a *new* global config built from a copy of the
+    plugin's dict (``"auto"`` batch sizes replaced by 1) instead of restoring the `HfTrainerDeepSpeedConfig` the
+    arguments processed (checked against accelerate 1.15).
     """
     try:
         from transformers.integrations import deepspeed as hf_deepspeed

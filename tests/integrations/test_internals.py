@@ -132,3 +132,11 @@ def test_no_private_internal_outside_the_seam():
                 if match.group(0) not in ALLOWED.get(relative, set()):
                     offenders.append(f"{relative}:{number}: {match.group(0)}")
     assert not offenders, "private internals outside hf_unlearn/integrations/:\n" + "\n".join(offenders)
+
+
+def test_seq2seq_shift_is_transformers_convention():
+    from hf_unlearn.losses import shift_labels_right
+
+    labels = torch.tensor([[5, 6, -100, -100], [7, -100, 8, 9]])
+    expected = torch.tensor([[3, 5, 6, 0], [3, 7, 0, 8]])  # start token first, −100 → pad, last label dropped
+    assert torch.equal(shift_labels_right(labels, pad_token_id=0, decoder_start_token_id=3), expected)

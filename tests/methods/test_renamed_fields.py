@@ -53,3 +53,15 @@ def test_every_method_names_its_balance_field_and_npo_beta_means_one_thing():
             assert fields["npo_beta"].default == 0.1, method
     assert retain_knob("orthograd") == retain_knob("gru") == "retain_mix"
     assert retain_knob("lur") == retain_knob("graddiff") == "retain_weight"
+
+
+def test_the_renamed_speech_models_module_still_imports_with_a_warning(monkeypatch):
+    import importlib
+    import sys
+
+    from hf_unlearn.models import speech_benchmark_models
+
+    monkeypatch.delitem(sys.modules, "hf_unlearn.models.reference", raising=False)
+    with pytest.warns(FutureWarning, match="hf_unlearn.models.speech_benchmark_models"):
+        old = importlib.import_module("hf_unlearn.models.reference")
+    assert old.train_reference_model is speech_benchmark_models.train_reference_model
