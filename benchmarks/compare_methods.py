@@ -15,6 +15,10 @@
     # forgetting, the grid scored on the digits' validation split:
     python benchmarks/compare_methods.py --benchmark classifier --seeds 3
 
+    # Parts in parallel processes (disjoint --methods or --tasks, the same settings), then one comparison of them all:
+    python benchmarks/compare_methods.py --benchmark classifier --tasks class --methods lur --output_dir out/lur
+    python benchmarks/compare_methods.py --benchmark classifier --merge out/*/compare_methods_classifier.json
+
     # Any recipe field after `--` (applied to every run), and redrawing the outputs from the JSON:
     python benchmarks/compare_methods.py --benchmark speech -- --max_steps 80
     python benchmarks/compare_methods.py --benchmark text --plot_only
@@ -67,6 +71,7 @@ weight fields of `WEIGHT_FIELDS` and `--stop_at_target`.
 """
 
 import argparse
+import functools
 import json
 import math
 import platform
@@ -293,16 +298,29 @@ def point_name(point: Mapping) -> str:
     return f"w{weight}-lr{point['learning_rate']:g}"
 
 
-def run_method(benchmark: Benchmark, method: str, run_dir: Path, seed: int, extra: Sequence[str]) -> dict:
-    """One recipe run in this process; returns its metrics, resolved weight, steps, wall time and log history."""
+RUN_RECORD = "compare_methods_run.json"  # the harness's note in a run folder: the exact arguments and wall time
+
+
+def run_method(
+    benchmark: Benchmark, method: str, run_dir: Path, seed: int, extra: Sequence[str], reuse: bool = False
+) -> dict:
+    """One recipe run in this process; returns its metrics, resolved weight, steps, wall time and log history.
+
+    With `reuse`, a folder that already holds a finished run of exactly these arguments (`finished_run`) is read back
+    instead of trained again: an interrupted comparison continues where it stopped."""
     import importlib
 
-    recipe = importlib.import_module(benchmark.recipe)
     argv = [*benchmark.run_args, "--method", method, "--seed", str(seed), "--output_dir", str(run_dir)]
     argv += ["--overwrite_output_dir", "true", *extra]
-    start = time.perf_counter()
-    results = recipe.run(argv)
-    wall_s = time.perf_counter() - start
+    record = finished_run(run_dir, argv) if reuse else None
+    if record is not None:
+        results, wall_s = json.loads((run_dir / "metrics.json").read_text()), record.get("wall_s")
+    else:
+        recipe = importlib.import_module(benchmark.recipe)
+        start = time.perf_counter()
+        results = recipe.run(argv)
+        wall_s = round(time.perf_counter() - start, 1)
+        (run_dir / RUN_RECORD).write_text(json.dumps({"argv": argv, "wall_s": wall_s}, indent=2) + "\n")
     # What the run resolved and where it stopped, from the files the recipes write (absent: not reported).
     config_file, state_file = run_dir / "unlearn_config.json", run_dir / "trainer_state.json"
     resolved = json.loads(config_file.read_text())["config"] if config_file.is_file() else {}
@@ -314,9 +332,43 @@ def run_method(benchmark: Benchmark, method: str, run_dir: Path, seed: int, extr
         "max_steps": resolved.get("max_steps"),
         "stopped_step": state.get("global_step"),
         "restored_step": state.get("best_global_step") or state.get("global_step"),
-        "wall_s": round(wall_s, 1),
+        "wall_s": wall_s,
         "log_history": state.get("log_history", []),
     }
+
+
+def finished_run(run_dir: Path, argv: Sequence[str]) -> dict | None:
+    """The harness's record (`{"argv", "wall_s"}`) of a finished run of exactly `argv` in `run_dir`, else `None`.
+
+    A folder without a record (written by an earlier version) counts when every `--flag value` of `argv` equals what
+    the run resolved (its `unlearn_config.json`); its wall time is then unknown (`None`)."""
+    needed = [run_dir / name for name in ("metrics.json", "unlearn_config.json", "trainer_state.json")]
+    if not all(path.is_file() for path in needed):
+        return None
+    if (run_dir / RUN_RECORD).is_file():
+        record = json.loads((run_dir / RUN_RECORD).read_text())
+        return record if record.get("argv") == list(argv) else None
+    resolved = json.loads(needed[1].read_text())
+    values = {**resolved["script"], **resolved["config"]}
+    pairs = [(argv[i][2:], argv[i + 1]) for i in range(len(argv) - 1) if argv[i].startswith("--")]
+    for name, given in pairs:
+        if name in ("output_dir", "overwrite_output_dir"):
+            continue
+        if name not in values or not same_value(values[name], given):
+            return None
+    return {"argv": list(argv), "wall_s": None}
+
+
+def same_value(resolved: object, given: str) -> bool:
+    """Whether a resolved config value is the command-line string `given` (booleans and numbers by value)."""
+    if isinstance(resolved, bool):
+        return str(resolved).lower() == given.lower()
+    if isinstance(resolved, (int, float)):
+        try:
+            return float(resolved) == float(given)
+        except ValueError:
+            return False
+    return str(resolved) == given
 
 
 def scored(benchmark: Benchmark, run: Mapping) -> dict:
@@ -634,6 +686,12 @@ def make_parser() -> argparse.ArgumentParser:
         help="Recompute statistics, redraw table and plots from an earlier run's JSON; train nothing.",
     )
     parser.add_argument(
+        "--reuse_runs",
+        action="store_true",
+        help="Read back a run folder that already holds a finished run of exactly the same arguments instead of "
+        "training it again (continue an interrupted comparison).",
+    )
+    parser.add_argument(
         "--merge",
         nargs="+",
         type=Path,
@@ -702,6 +760,8 @@ def main(argv: list[str] | None = None, runner: Callable[..., dict] = run_method
     recipe_args = [*benchmark.matched_args, "--max_steps", str(benchmark.max_steps)]
     recipe_args += [*(benchmark.quick_args if args.quick else ()), *extra]
 
+    if args.reuse_runs and runner is run_method:
+        runner = functools.partial(run_method, reuse=True)
     import torch
 
     torch.set_num_threads(args.torch_threads)

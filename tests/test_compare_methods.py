@@ -362,3 +362,28 @@ def test_parts_run_apart_merge_into_the_same_comparison(compare, tmp_path, capsy
     with pytest.raises(SystemExit):
         compare.main([*other[:3], str(tmp_path / "two" / "compare_methods_classifier.json"), files[1]])
     assert "differ in 'seeds'" in capsys.readouterr().err
+
+
+def test_a_finished_run_is_reused_only_for_exactly_its_arguments(compare, tmp_path):
+    run_dir = tmp_path / "seed0"
+    run_dir.mkdir()
+    argv = ["--method", "lur", "--seed", "0", "--output_dir", str(run_dir), "--overwrite_output_dir", "true",
+            "--learning_rate", "0.001", "--retain_weight", "3.0", "--task", "class", "--use_peft", "false"]  # fmt: skip
+    assert compare.finished_run(run_dir, argv) is None  # nothing there yet
+    resolved = {"script": {"method": "lur", "task": "class", "use_peft": False, "output_dir": "elsewhere"},
+                "config": {"seed": 0, "learning_rate": 1e-3, "retain_weight": 3, "overwrite_output_dir": True}}  # fmt: skip
+    (run_dir / "unlearn_config.json").write_text(json.dumps(resolved))
+    (run_dir / "trainer_state.json").write_text("{}")
+    assert compare.finished_run(run_dir, argv) is None  # no metrics.json: the run did not finish
+    (run_dir / "metrics.json").write_text("{}")
+    # An earlier version's folder: matched on the resolved values (numbers and booleans by value), time unknown.
+    assert compare.finished_run(run_dir, argv) == {"argv": argv, "wall_s": None}
+    for flag, other in (("--learning_rate", "0.002"), ("--task", "random"), ("--use_peft", "true"), ("--seed", "1")):
+        changed = list(argv)
+        changed[changed.index(flag) + 1] = other
+        assert compare.finished_run(run_dir, changed) is None, flag
+    assert compare.finished_run(run_dir, [*argv, "--max_steps", "80"]) is None  # a flag the run did not resolve
+    # The harness's own record: exactly the same argument list, with its wall time.
+    (run_dir / compare.RUN_RECORD).write_text(json.dumps({"argv": argv, "wall_s": 12.5}))
+    assert compare.finished_run(run_dir, argv)["wall_s"] == 12.5
+    assert compare.finished_run(run_dir, [*argv[:-1], "true"]) is None
