@@ -30,8 +30,8 @@ def test_quick_classifier_comparison_runs_the_recipe(tmp_path, monkeypatch):
     for task, entry in summary["tasks"].items():
         for method, result in entry["methods"].items():
             assert len(result["grid"]) == 2 and len(result["seeds"]) == 2
-            grid_config = json.loads((runs / "classifier" / task / method / "w1-lr0.0001" / "unlearn_config.json")
-                                     .read_text())["script"]  # fmt: skip
+            grid_dir = runs / "classifier" / task / method / compare.point_name(result["grid"][0])
+            grid_config = json.loads((grid_dir / "unlearn_config.json").read_text())["script"]
             assert grid_config["test_split"] == "validation" and grid_config["task"] == task  # never the test split
             for run in result["seeds"]:
                 run_dir = runs / "classifier" / task / method / f"seed{run['seed']}"
