@@ -463,8 +463,10 @@ def aggregate(benchmark: Benchmark, task: dict) -> None:
         models = [run[name] for run in first if run.get(name)]
         if models and len(models) == len(first):
             references[name] = column_stats(benchmark, models)
+            references["seeds"] = len(models)
         elif task.get(name):  # a JSON of an earlier version kept one seed's references only
             references[name] = column_stats(benchmark, [task[name]])
+            references["seeds"] = 1
     base_gaps = [run.get("base_avg_gap") for run in first]
     if first and all(v is not None for v in base_gaps):
         references["base_avg_gap"] = mean_sd(base_gaps)
@@ -498,7 +500,8 @@ def markdown_table(benchmark: Benchmark, task: Mapping, seeds: Sequence[int] = (
     the seeds' own references), then the paired comparisons. Columns no row has (e.g. the forgotten class's test
     accuracy in random forgetting) are left out."""
     reference_stats = task.get("reference_stats", {})
-    rows_stats = [entry["stats"] for entry in task["methods"].values()] + list(reference_stats.values())
+    rows_stats = [entry["stats"] for entry in task["methods"].values()]
+    rows_stats += [reference_stats[name] for name in ("base", "retrain") if name in reference_stats]
     columns = [
         column
         for column in benchmark.table_columns
@@ -522,7 +525,8 @@ def markdown_table(benchmark: Benchmark, task: Mapping, seeds: Sequence[int] = (
             f"{fmt_stat(stats.get('wall_s'), 0)} |"
         )
     # Each seed trains its own base and exact-retrain models; every run's Avg-Gap is against its own seed's.
-    over = f", {len(seeds)} seeds" if len(seeds) > 1 else ""
+    count = reference_stats.get("seeds", len(seeds))
+    over = f", {count} seeds" if count > 1 else (f", seed {seeds[0]}" if seeds else "")
     for name, label in (("base", f"*base (before{over})*"), ("retrain", f"*exact retrain{over}*")):
         if reference_stats.get(name):
             cells = " | ".join(

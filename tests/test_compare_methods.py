@@ -387,3 +387,18 @@ def test_a_finished_run_is_reused_only_for_exactly_its_arguments(compare, tmp_pa
     (run_dir / compare.RUN_RECORD).write_text(json.dumps({"argv": argv, "wall_s": 12.5}))
     assert compare.finished_run(run_dir, argv)["wall_s"] == 12.5
     assert compare.finished_run(run_dir, [*argv[:-1], "true"]) is None
+
+
+def test_a_json_of_the_first_multi_seed_version_keeps_its_one_seed_references(compare):
+    """Its runs keep no references of their own: the table shows the file's seed-0 pair as one seed, not as a mean."""
+    benchmark = compare.BENCHMARKS["speech"]
+    old = fake_speech_metrics(0.8, 0.1)
+    run = {"unlearned": old["unlearned"], "avg_gap": 0.1, "restored_step": 5, "wall_s": 1.0}
+    task = {"methods": {"lur": {"chosen": {"weight": 1.0, "learning_rate": 1e-3}, "grid": [],
+                                "seeds": [{**run, "seed": s} for s in range(3)]}},
+            "base": old["base"], "retrain": old["retrain"], "base_avg_gap": 0.3}  # fmt: skip
+    compare.aggregate(benchmark, task)
+    assert task["reference_stats"]["seeds"] == 1
+    table = compare.markdown_table(benchmark, task, [0, 1, 2])
+    assert "| *exact retrain, seed 0* | – | – | 0.800 | 0.900 | 0.000 | 0.950 | 0.000 |" in table
+    assert "| *base (before, seed 0)* |" in table and "0.300 |" in table
