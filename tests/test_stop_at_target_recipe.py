@@ -5,10 +5,10 @@ import json
 import pytest
 
 from hf_unlearn.callbacks import StopAtForgetTarget
-from hf_unlearn.recipes import common, llm, whisper
+from hf_unlearn.recipes import classifier, common, llm, whisper
 
 
-@pytest.mark.parametrize("recipe", [whisper, llm])
+@pytest.mark.parametrize("recipe", [whisper, llm, classifier])
 def test_stop_at_target_sets_the_best_checkpoint_flags(recipe):
     script_args, config = recipe.parse_args(["--stop_at_target", "retrain", "--output_dir", "unused"])
     assert script_args.stop_at_target == "retrain"

@@ -64,13 +64,24 @@ class ScriptArguments(RecipeArguments):
         metadata={"help": "Image-classification dataset (Hub name or local dir; image/label). Default: the digits."},
     )
     test_split: str = field(
-        default="test", metadata={"help": "Held-out split of a user dataset (else a seeded fifth of train)."}
+        default="test",
+        metadata={
+            "help": "Held-out split that TA and the MIA's non-members come from (a user dataset without it: a seeded fifth of "
+            "train). The embedded digits also have 'validation', for choosing hyper-parameters without the test set."
+        },
     )
     train_references: bool = field(
         default=False,
         metadata={
             "help": "With --model_name_or_path: fine-tune the checkpoint on all training images (base) and without "
             "the forget set (exact retrain) first; needed when its head does not match the dataset's classes."
+        },
+    )
+    reference_epochs: int | None = field(
+        default=None,
+        metadata={
+            "help": "Epochs of the from-scratch base and exact-retrain training (default: ClassifierTrainingConfig's "
+            "20); fewer give quick smoke tests (`compare_methods.py --quick`). Each value is cached apart."
         },
     )
     use_peft: bool = field(
@@ -104,7 +115,7 @@ def parse_args(argv: list[str]) -> tuple[ScriptArguments, "UnlearnConfig"]:
 
 def load_splits(script_args: ScriptArguments, seed: int) -> dict[str, Any]:
     """The task's splits (`forget`, `retain`, `test`, class-wise `forget_test`) with `id`, `image`, `label` columns."""
-    from datasets import Dataset
+    from datasets import Dataset, DatasetDict
 
     from hf_unlearn.data.digits import build_digits_dataset, forget_splits, load_image_dataset
 
@@ -112,8 +123,16 @@ def load_splits(script_args: ScriptArguments, seed: int) -> dict[str, Any]:
         raise ValueError(
             f"--forget_fraction must be in (0, 1), got {script_args.forget_fraction}: e.g. 0.1 forgets 10 % of train."
         )
+    if script_args.reference_epochs is not None and script_args.reference_epochs < 1:
+        raise ValueError(f"--reference_epochs must be >= 1, got {script_args.reference_epochs}.")
     if script_args.dataset_name is None:
-        dataset = build_digits_dataset(cache_dir=script_args.cache_dir)
+        digits = build_digits_dataset(cache_dir=script_args.cache_dir)
+        if script_args.test_split not in digits or script_args.test_split == "train":
+            raise ValueError(
+                f"--test_split {script_args.test_split!r}: the embedded digits hold out 'test' and 'validation'; "
+                "pass one of them."
+            )
+        dataset = DatasetDict({"train": digits["train"], "test": digits[script_args.test_split]})
     else:
         dataset = load_image_dataset(script_args.dataset_name, script_args.dataset_config, script_args.test_split)
     if "id" not in dataset["train"].column_names:
@@ -154,7 +173,8 @@ def load_models(script_args: ScriptArguments, splits: dict[str, Any], seed: int)
             AutoImageProcessor.from_pretrained(checkpoint, revision=script_args.model_revision),
             None,
         )
-    training = ClassifierTrainingConfig(seed=seed)
+    epochs = {} if script_args.reference_epochs is None else {"num_train_epochs": script_args.reference_epochs}
+    training = ClassifierTrainingConfig(seed=seed, **epochs)
     kinds = ("base", "retrain") if script_args.train_retrain_reference else ("base",)
     paths = {
         kind: train_classifier_reference(
@@ -202,7 +222,13 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, Any
         model_num_channels,
     )
 
-    from .common import check_before_training, lora_config, prepare_in_one_process, write_run_outputs
+    from .common import (
+        check_before_training,
+        lora_config,
+        prepare_in_one_process,
+        stop_at_target_callback,
+        write_run_outputs,
+    )
 
     # Bad arguments fail before any image is processed or model trained.
     splits = load_splits(script_args, config.seed)
@@ -246,6 +272,10 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, Any
     trainer.set_card_info(
         metrics=card_metrics(results), datasets=[script_args.dataset_name] if script_args.dataset_name else None
     )
+    # --stop_at_target: stop at the exact-retrain model's forget accuracy (or a number) and keep the closest checkpoint.
+    stop = stop_at_target_callback(script_args.stop_at_target, results, "accuracy")
+    if stop is not None:
+        trainer.add_callback(stop)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     results["unlearned"] = classification_metrics(unwrapped, eval_splits, collator, batch_size, config.seed)

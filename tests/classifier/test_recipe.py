@@ -100,3 +100,39 @@ def test_embedded_default_forgets_digit_3_like_exact_retraining(tmp_path, capsys
     assert metrics["retrain"]["test"]["accuracy"] > 0.9
     assert metrics["avg_gap"] < metrics["base_avg_gap"]  # unlearning moved the model towards exact retraining
     assert "Avg-Gap" in capsys.readouterr().out
+
+
+def test_test_split_validation_scores_on_the_digits_validation_split(tmp_path):
+    """Hyper-parameter selection (compare_methods' grid) scores TA and the MIA on validation, never on test."""
+    from hf_unlearn.recipes.classifier import ScriptArguments, load_splits
+
+    digits = build_digits_dataset(cache_dir=tmp_path)
+    for task in ("class", "random"):
+        splits = load_splits(ScriptArguments(task=task, cache_dir=str(tmp_path), test_split="validation"), seed=0)
+        held_out = list(splits["test"]["id"]) + (list(splits["forget_test"]["id"]) if task == "class" else [])
+        assert sorted(held_out) == sorted(digits["validation"]["id"])
+        default = load_splits(ScriptArguments(task=task, cache_dir=str(tmp_path)), seed=0)
+        assert set(default["test"]["id"]) <= set(digits["test"]["id"])
+        assert list(splits["forget"]["id"]) == list(
+            default["forget"]["id"]
+        )  # the forget and retain sets do not change
+    with pytest.raises(ValueError, match="'nope'.*'test' and 'validation'"):
+        load_splits(ScriptArguments(cache_dir=str(tmp_path), test_split="nope"), seed=0)
+    with pytest.raises(ValueError, match="--reference_epochs must be >= 1"):
+        load_splits(ScriptArguments(cache_dir=str(tmp_path), reference_epochs=0), seed=0)
+
+
+def test_stop_at_target_stops_at_the_forget_accuracy_and_keeps_that_checkpoint(local_data, tmp_path):
+    # An untrained head: forget accuracy is near chance (≤ 0.5) at the first evaluation, so the run stops there.
+    metrics = run_cli(local_data, tmp_path, "--model_name_or_path", str(local_data / "model10"), "--method",
+                      "graddiff", "--max_steps", "6", "--stop_at_target", "0.5", "--eval_strategy", "steps",
+                      "--eval_steps", "2")  # fmt: skip
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    evaluated = [entry for entry in state["log_history"] if "eval_forget_accuracy" in entry]
+    assert [entry["step"] for entry in evaluated] == [2] and state["global_step"] == 2
+    assert evaluated[0]["eval_forget_accuracy"] <= 0.5
+    assert state["best_global_step"] == 2
+    assert metrics["unlearned"]["forget"]["accuracy"] == pytest.approx(evaluated[0]["eval_forget_accuracy"])
+    with pytest.raises(ValueError, match="--stop_at_target retrain needs the exact-retrain model"):
+        run_cli(local_data, tmp_path / "again", "--model_name_or_path", str(local_data / "model10"),
+                "--stop_at_target", "retrain")  # fmt: skip
