@@ -81,7 +81,8 @@ def fake_runner(calls):
     def run(benchmark, method, run_dir, seed, extra):
         calls.append((method, run_dir.name, seed, list(extra)))
         lr = float(extra[extra.index("--learning_rate") + 1])
-        weight = float(extra[extra.index("--retain_weight") + 1])
+        weight_flag = "--retain_mix" if method in ("orthograd", "gru") else "--retain_weight"  # α vs λ
+        weight = float(extra[extra.index(weight_flag) + 1])
         retain = 100 * lr / weight + 0.01 * (seed % 7) + (0.05 if method == "graddiff" else 0.0)
         return {
             "metrics": fake_speech_metrics(0.8, retain),
@@ -239,7 +240,8 @@ def test_classifier_tasks_select_on_the_validation_split_then_compare_per_task(c
         calls.append((method, run_dir.parent.parent.name, run_dir.name, seed, list(extra)))
         task = extra[extra.index("--task") + 1]
         lr = float(extra[extra.index("--learning_rate") + 1])
-        weight = float(extra[extra.index("--retain_weight") + 1])
+        weight_flag = "--retain_mix" if method in ("orthograd", "gru") else "--retain_weight"  # α vs λ
+        weight = float(extra[extra.index(weight_flag) + 1])
         # Retain damage grows with the rate, falls with the weight; OrthoGrad keeps 0.02 more retain accuracy.
         retain = 1.0 - 10 * lr / weight - 0.001 * seed + (0.02 if method == "orthograd" else 0.0)
         metrics = recipe_classifier_metrics(task, 0.0 if task == "class" else 0.95, retain, seed)
