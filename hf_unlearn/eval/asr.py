@@ -16,6 +16,7 @@ from transformers import WhisperProcessor
 
 from hf_unlearn.data.collators import audio_array
 from hf_unlearn.data.speech_corpus import TARGET_SAMPLING_RATE
+from hf_unlearn.integrations.transformers import whisper_generate_without_internal_notice
 
 
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
@@ -86,17 +87,20 @@ def transcribe(
     model.eval()
     transcripts: list[str] = []
     try:
-        for start in range(0, len(dataset), batch_size):
-            batch = dataset[start : start + batch_size]
-            features = _batch_features(batch, processor).to(device=parameter.device, dtype=parameter.dtype)
-            # Whisper's encoder attends to every frame (the audio is zero-padded to its window, and it ignores any
-            # mask), so all-ones is the true mask; passing it stops `generate` warning on every batch that none was
-            # given while the pad token equals end-of-text.
-            every_frame = torch.ones(features.shape[0], features.shape[-1], dtype=torch.long, device=features.device)
-            generated = model.generate(
-                input_features=features, attention_mask=every_frame, do_sample=False, num_beams=1, **length_kwargs
-            )
-            transcripts += processor.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        with whisper_generate_without_internal_notice():
+            for start in range(0, len(dataset), batch_size):
+                batch = dataset[start : start + batch_size]
+                features = _batch_features(batch, processor).to(device=parameter.device, dtype=parameter.dtype)
+                # Whisper's encoder attends to every frame (the audio is zero-padded to its window, and it ignores any
+                # mask), so all-ones is the true mask; passing it stops `generate` warning on every batch that none was
+                # given while the pad token equals end-of-text.
+                every_frame = torch.ones(
+                    features.shape[0], features.shape[-1], dtype=torch.long, device=features.device
+                )
+                generated = model.generate(
+                    input_features=features, attention_mask=every_frame, do_sample=False, num_beams=1, **length_kwargs
+                )
+                transcripts += processor.tokenizer.batch_decode(generated, skip_special_tokens=True)
     finally:
         model.train(was_training)
     return [text.strip() for text in transcripts]

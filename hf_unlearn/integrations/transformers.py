@@ -10,6 +10,8 @@ name instead of silently skipping the override.
 import contextlib
 import functools
 import inspect
+import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -147,3 +149,35 @@ def whole_model_loading() -> Iterator[None]:
     finally:
         if config is not None:
             hf_deepspeed.set_hf_deepspeed_config(config)
+
+
+# Logged once per process by `generate` when Whisper's own `generate` hands its `suppress_tokens` and
+# `begin_suppress_tokens` to the generic one beside a generation config (transformers 5.24's workaround for its
+# PR #48108): a deprecation inside transformers that no caller argument avoids, so nothing a user can act on.
+WHISPER_INTERNAL_GENERATE_NOTICE = "Passing `generation_config` together with generation-related arguments=({'"
+
+
+WHISPER_OWN_GENERATE_ARGUMENTS = {"suppress_tokens", "begin_suppress_tokens"}
+
+
+class _DropWhisperInternalNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith(WHISPER_INTERNAL_GENERATE_NOTICE):
+            return True
+        named = re.search(r"arguments=\(\{(.*?)\}\)", message)
+        arguments = {name.strip(" '\"") for name in named.group(1).split(",")} if named else set()
+        return not arguments or not arguments <= WHISPER_OWN_GENERATE_ARGUMENTS
+
+
+@contextlib.contextmanager
+def whisper_generate_without_internal_notice() -> Iterator[None]:
+    """Drop only transformers' own "generation_config together with {suppress_tokens, begin_suppress_tokens}"
+    notice while Whisper decodes; every other log line (and that notice for any other argument) passes."""
+    generation_logger = logging.getLogger("transformers.generation.utils")
+    notice_filter = _DropWhisperInternalNotice()
+    generation_logger.addFilter(notice_filter)
+    try:
+        yield
+    finally:
+        generation_logger.removeFilter(notice_filter)

@@ -94,9 +94,35 @@ def test_transcribe_passes_the_whole_frame_mask_and_decodes_as_without_it(tiny_c
     with CaptureLogger(logger) as captured:
         hypotheses = transcribe(small_model, tiny_processor, data, batch_size=2, max_new_tokens=6)
     assert "attention mask is not set" not in captured.out
+    assert "together with generation-related arguments" not in captured.out  # transformers' own Whisper notice
 
     features = _batch_features(data[:4], tiny_processor)
     prefix = len(tiny_processor.tokenizer.prefix_tokens)
     unmasked = small_model.generate(input_features=features, do_sample=False, num_beams=1, max_length=prefix + 6)
     decoded = tiny_processor.tokenizer.batch_decode(unmasked, skip_special_tokens=True)
     assert hypotheses == [text.strip() for text in decoded]
+
+
+def test_only_whispers_own_generate_notice_is_dropped():
+    import logging
+
+    from hf_unlearn.integrations.transformers import whisper_generate_without_internal_notice
+
+    logger = logging.getLogger("transformers.generation.utils")
+    whisper_own = (
+        "Passing `generation_config` together with generation-related arguments=({'suppress_tokens', "
+        "'begin_suppress_tokens'}) is deprecated and will be removed in future versions."
+    )
+    a_callers = whisper_own.replace("'begin_suppress_tokens'", "'max_new_tokens'")
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        with whisper_generate_without_internal_notice():
+            for message in (whisper_own, a_callers, "any other line"):
+                logger.warning(message)
+        logger.warning(whisper_own)  # outside the block: shown
+    finally:
+        logger.removeHandler(handler)
+    assert seen == [a_callers, "any other line", whisper_own]
