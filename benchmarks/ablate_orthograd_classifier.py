@@ -202,6 +202,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for every run (recorded).")
     parser.add_argument("--quick", action="store_true", help="CI: seed 0, 2 steps per run; writes *_quick files.")
     parser.add_argument("--plot_only", action="store_true", help="Redraw the md/png from the JSON.")
+    parser.add_argument(
+        "--extend",
+        action="store_true",
+        help="Add --seeds to the existing JSON's runs (same max_steps, threads and variants) instead of replacing it.",
+    )
     parser.add_argument("--runs_dir", type=Path, default=Path("outputs/ablate_orthograd_classifier"))
     parser.add_argument("--output_dir", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
@@ -233,6 +238,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     loads = []
     start = time.perf_counter()
+    if args.extend:
+        earlier = json.loads((args.output_dir / f"{stem}.json").read_text())
+        same = {k: earlier[k] for k in ("max_steps", "threads", "variants")}
+        if same != {k: results[k] for k in same} or set(args.seeds) & set(earlier["seeds"]):
+            raise SystemExit(f"--extend needs new seeds and the same max_steps, threads and variants as {stem}.json.")
+        results["tasks"] = {task: earlier["tasks"].get(task, {}) for task in args.tasks}
+        results["seeds"] = earlier["seeds"] + args.seeds
+        loads = [float(x) for x in earlier["load_average"].split("–")]
+        start -= earlier["total_wall_s"]
     for seed in args.seeds:  # seed-major: an interrupted run has every variant of the first seeds
         for task in args.tasks:
             for variant in args.variants:

@@ -106,3 +106,37 @@ def test_quick_ablation_runs_the_recipe(ablate, tmp_path):
         assert run["alpha"] == 0.5 and run["retrain"]["UA"] == 1.0  # the exact retrain never predicts digit 3
     assert (tmp_path / "results" / "ablate_orthograd_classifier_quick.md").is_file()
     assert not (tmp_path / "results" / "ablate_orthograd_classifier.json").exists()  # quick never replaces a real run
+
+
+def test_extend_adds_seeds_to_the_existing_runs(ablate, tmp_path, monkeypatch):
+    """`--extend` keeps the JSON's runs and appends the new seeds' (the recipe replaced by a stub that records its
+    seed), and refuses a seed already there or another budget."""
+    import hf_unlearn.recipes.classifier as recipe
+
+    def fake_run(argv):
+        seed, out = int(argv[argv.index("--seed") + 1]), Path(argv[argv.index("--output_dir") + 1])
+        out.mkdir(parents=True)
+        (out / "unlearn_config.json").write_text(json.dumps({"config": {"retain_weight": 0.5}}))
+        return {
+            "unlearned": {"forget": {"accuracy": 0.0}, "retain": {"accuracy": 1.0}, "test": {"accuracy": 0.9},
+                          "mia_efficacy": 1.0},
+            "base": {"forget": {"accuracy": 1.0}, "retain": {"accuracy": 1.0}, "test": {"accuracy": 0.9},
+                     "mia_efficacy": 0.0},
+            "retrain": {"forget": {"accuracy": 0.0}, "retain": {"accuracy": 1.0}, "test": {"accuracy": 0.9},
+                        "mia_efficacy": 1.0},
+            "avg_gap": 0.01 * (seed + 1), "base_avg_gap": 0.5, "uis": 0.0,
+            "stop_at_target": {"reached_step": 3, "restored_step": 3},
+        }  # fmt: skip
+
+    monkeypatch.setattr(recipe, "run", fake_run)
+    common = ["--tasks", "class", "--variants", "default", "--runs_dir", str(tmp_path / "runs"),
+              "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    ablate.main(["--seeds", "0", *common])
+    results = ablate.main(["--seeds", "1", "2", "--extend", *common])
+    assert results["seeds"] == [0, 1, 2]
+    assert [r["avg_gap"] for r in results["tasks"]["class"]["default"]] == pytest.approx([0.01, 0.02, 0.03])
+    assert json.loads((tmp_path / "out" / "ablate_orthograd_classifier.json").read_text())["seeds"] == [0, 1, 2]
+    with pytest.raises(SystemExit, match="--extend needs new seeds"):
+        ablate.main(["--seeds", "2", "--extend", *common])
+    with pytest.raises(SystemExit, match="same max_steps"):
+        ablate.main(["--seeds", "3", "--extend", "--max_steps", "10", *common])
