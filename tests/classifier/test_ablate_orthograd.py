@@ -99,7 +99,7 @@ def test_statistics_and_table_are_mean_and_sample_sd_over_seeds(ablate, tmp_path
     assert (tmp_path / "stem.png").stat().st_size > 0 and "torch threads 1" in (tmp_path / "stem.md").read_text()
 
 
-@pytest.mark.slow  # ~40 s on the shared 2-core CPU: trains seed 0's class-wise base and exact-retrain ResNets
+@pytest.mark.slow  # 33 s CPU, 2 min 19 s wall at load 13-16 (2 cores): trains seed 0's two ResNets
 def test_quick_ablation_runs_the_recipe(ablate, tmp_path):
     argv = ["--quick", "--tasks", "class", "--variants", "default", "per_tensor", "retain_1pct",
             "--runs_dir", str(tmp_path / "runs"), "--output_dir", str(tmp_path / "results")]  # fmt: skip
