@@ -124,35 +124,41 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def paired_difference(runs: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> tuple[float, float, int, int]:
-    """Avg-Gap minus the baseline's on the same seed: mean, sd, seeds where the variant is lower, seeds compared."""
+def paired_difference(
+    runs: list[dict[str, Any]], baseline: list[dict[str, Any]]
+) -> tuple[float, float, int, int, float]:
+    """Avg-Gap minus the baseline's on the same seed: mean, sd, seeds where the variant is lower, seeds compared, and
+    the paired t-test's two-sided p-value (`scipy.stats.ttest_rel`; NaN below 2 seeds)."""
+    from scipy.stats import ttest_rel
+
     by_seed = {r["seed"]: r["avg_gap"] for r in baseline}
-    deltas = [r["avg_gap"] - by_seed[r["seed"]] for r in runs if r["seed"] in by_seed]
-    if not deltas:
-        return math.nan, math.nan, 0, 0
-    return (*mean_sd(deltas), sum(d < 0 for d in deltas), len(deltas))
+    pairs = [(r["avg_gap"], by_seed[r["seed"]]) for r in runs if r["seed"] in by_seed]
+    if not pairs:
+        return math.nan, math.nan, 0, 0, math.nan
+    deltas = [a - b for a, b in pairs]
+    p_value = float(ttest_rel(*zip(*pairs, strict=True)).pvalue) if len(pairs) > 1 and any(deltas) else math.nan
+    return (*mean_sd(deltas), sum(d < 0 for d in deltas), len(deltas), p_value)
 
 
 def markdown(results: dict[str, Any]) -> str:
     """One table per task: a row per variant (in run order), then the base and exact-retrain models' means. Δ is
-    the Avg-Gap difference to `default` on the same seed (negative: closer to retraining than the default)."""
+    the Avg-Gap difference to `default` on the same seed (negative: closer to retraining than the default), p the
+    paired t-test's."""
     blocks = []
     for task, variants in results["tasks"].items():
         if not variants:
             continue
-        header = (
-            "| variant | Avg-Gap ↓ | Δ vs default (paired) | lower on | UA | RA | TA | MIA | UIS ↓ | step | reached |"
-        )
+        header = "| variant | Avg-Gap ↓ | Δ vs default (paired) | lower on | p | UA | RA | TA | MIA | UIS ↓ | step | reached |"
         title = "class-wise (digit 3)" if task == "class" else "random 10 %"
-        lines = [f"**{title}**", "", header, "|---|" + "---:|" * 10]
+        lines = [f"**{title}**", "", header, "|---|" + "---:|" * 11]
         for variant, runs in variants.items():
             s = summarize(runs)
             cells = [f"{s[k][0]:.3f} ± {s[k][1]:.3f}" for k in ("avg_gap", *COLUMNS, "uis")]
-            delta, lower = "–", "–"
+            delta, lower, p_value = "–", "–", "–"
             if variant != "default" and "default" in variants:
-                mean, sd, wins, count = paired_difference(runs, variants["default"])
-                delta, lower = f"{mean:+.4f} ± {sd:.4f}", f"{wins}/{count}"
-            cells[1:1] = [delta, lower]
+                mean, sd, wins, count, p = paired_difference(runs, variants["default"])
+                delta, lower, p_value = f"{mean:+.4f} ± {sd:.4f}", f"{wins}/{count}", f"{p:.2f}"
+            cells[1:1] = [delta, lower, p_value]
             step = f"{s['restored_step'][0]:.1f}"
             lines.append(f"| {variant} | " + " | ".join(cells) + f" | {step} | {s['reached']}/{s['seeds']} |")
         first = next(iter(variants.values()))
@@ -160,9 +166,11 @@ def markdown(results: dict[str, Any]) -> str:
         base_cells = [f"{mean_sd([r['base'][k] for r in first])[0]:.3f}" for k in COLUMNS]
         retrain = [f"{mean_sd([r['retrain'][k] for r in first])[0]:.3f}" for k in COLUMNS]
         lines.append(
-            f"| *base (before)* | {base[0]:.3f} ± {base[1]:.3f} | – | – | " + " | ".join(base_cells) + " | 0 | 0 | – |"
+            f"| *base (before)* | {base[0]:.3f} ± {base[1]:.3f} | – | – | – | "
+            + " | ".join(base_cells)
+            + " | 0 | 0 | – |"
         )
-        lines.append("| *exact retrain* | 0 | – | – | " + " | ".join(retrain) + " | – | – | – |")
+        lines.append("| *exact retrain* | 0 | – | – | – | " + " | ".join(retrain) + " | – | – | – |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 

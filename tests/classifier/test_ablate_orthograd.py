@@ -82,18 +82,21 @@ def test_statistics_and_table_are_mean_and_sample_sd_over_seeds(ablate, tmp_path
     assert summary["UA"] == pytest.approx((0.9, math.sqrt(0.02)))
     assert summary["reached"] == 1 and summary["restored_step"] == pytest.approx((22.0, math.sqrt(2) * 18))
     assert ablate.mean_sd([0.4]) == (0.4, 0.0)
-    # Paired with default seed by seed: 0.05 − 0.1 = −0.05 and 0.45 − 0.3 = +0.15 → mean 0.05, sd 0.1414, lower on 1/2.
+    # Paired with default seed by seed: 0.05 − 0.1 = −0.05 and 0.45 − 0.3 = +0.15 → mean 0.05, sd 0.1414, lower on 1/2;
+    # t = 0.05 / (0.1414 / √2) = 0.5 with 1 degree of freedom (a Cauchy law): p = 1 − (2/π)·atan(0.5) = 0.7048.
     other = [record(ablate, 0, 0.05, 0.0, True), record(ablate, 1, 0.45, 0.0, True)]
-    assert ablate.paired_difference(other, runs) == pytest.approx((0.05, math.sqrt(0.02), 1, 2))
+    expected = (0.05, math.sqrt(0.02), 1, 2, 1 - 2 / math.pi * math.atan(0.5))
+    assert ablate.paired_difference(other, runs) == pytest.approx(expected)
     results = {"seeds": [0, 1], "max_steps": 40, "threads": 1, "load_average": "1.0–2.0",
                "tasks": {"class": {"default": runs, "per_tensor": other}, "random": {}}}  # fmt: skip
     table = ablate.write_outputs(results, tmp_path, "stem")
     assert (
-        "| default | 0.200 ± 0.141 | – | – | 0.900 ± 0.141 | 0.900 ± 0.000 | 0.800 ± 0.000 | 0.700 ± 0.000 |" in table
+        "| default | 0.200 ± 0.141 | – | – | – | 0.900 ± 0.141 | 0.900 ± 0.000 | 0.800 ± 0.000 | 0.700 ± 0.000 |"
+        in table
     )
-    assert "| per_tensor | 0.250 ± 0.283 | +0.0500 ± 0.1414 | 1/2 | 1.000 ± 0.000 |" in table
-    assert "| 22.0 | 1/2 |" in table and "| *exact retrain* | 0 | – | – | 1.000 | 1.000 | 0.970 | 1.000 |" in table
-    assert "| *base (before)* | 0.500 ± 0.000 | – | – | 0.000 | 1.000 | 0.980 | 0.000 |" in table
+    assert "| per_tensor | 0.250 ± 0.283 | +0.0500 ± 0.1414 | 1/2 | 0.70 | 1.000 ± 0.000 |" in table
+    assert "| 22.0 | 1/2 |" in table and "| *exact retrain* | 0 | – | – | – | 1.000 | 1.000 | 0.970 | 1.000 |" in table
+    assert "| *base (before)* | 0.500 ± 0.000 | – | – | – | 0.000 | 1.000 | 0.980 | 0.000 |" in table
     assert "random" not in table  # a task without runs gets no table
     assert json.loads((tmp_path / "stem.json").read_text()) == results
     assert (tmp_path / "stem.png").stat().st_size > 0 and "torch threads 1" in (tmp_path / "stem.md").read_text()
