@@ -5,6 +5,7 @@ class-wise and random forgetting, several seeds, every run stopped at the exact-
     python benchmarks/ablate_orthograd_classifier.py --variants default per_tensor --seeds 0 1 2 3 4
     python benchmarks/ablate_orthograd_classifier.py --quick              # CI: 1 seed, 2 steps per run
     python benchmarks/ablate_orthograd_classifier.py --plot_only          # redraw md/png from the JSON
+    python benchmarks/ablate_orthograd_classifier.py --tag lr1e-4 --tasks class --recipe_args --learning_rate 1e-4
 
 **Protocol.** Each run is one call of `hf_unlearn.recipes.classifier.run` (the code path of
 `recipes/unlearn_classifier.py`) with the preset `classifier_digits.yaml` (full fine-tuning, AdamW, lr 1e-3, batch
@@ -29,7 +30,8 @@ Score: the recipe's Avg-Gap (mean |m − m_retrain| over UA, RA, TA, MIA-efficac
 retraining). torch's thread count is fixed (`--threads`, default 1) and recorded: the reference models, hence every
 number, differ between thread counts; the references live in a cache of their own under `--runs_dir`.
 
-Writes `ablate_orthograd_classifier[_quick].{json,md,png}` into `--output_dir`; the JSON has every run's metrics.
+Writes `ablate_orthograd_classifier[_<tag>][_quick].{json,md,png}` into `--output_dir`; the JSON has every run's
+metrics.
 """
 
 import argparse
@@ -79,14 +81,17 @@ COLUMNS = {
 }
 
 
-def variant_argv(variant: str, task: str, seed: int, run_dir: Path, cache_dir: Path, max_steps: int) -> list[str]:
-    """The recipe's command line for one run: the shared protocol, then the variant's change (later flags win)."""
+def variant_argv(
+    variant: str, task: str, seed: int, run_dir: Path, cache_dir: Path, max_steps: int, extra: list[str] | None = None
+) -> list[str]:
+    """The recipe's command line for one run: the shared protocol, `extra` (recipe flags for every variant), then the
+    variant's own change (later flags win, so `sgd` keeps its learning rate)."""
     return [
         "--method", "orthograd", f"--{ALPHA_FIELD}", str(ALPHA), "--task", task, "--seed", str(seed),
         "--output_dir", str(run_dir), "--overwrite_output_dir", "true", "--cache_dir", str(cache_dir),
         "--stop_at_target", "retrain", "--eval_steps", "1", "--max_steps", str(max_steps),
         "--logging_steps", str(max_steps), "--save_total_limit", "1",
-        *VARIANTS[variant],
+        *(extra or []), *VARIANTS[variant],
     ]  # fmt: skip
 
 
@@ -193,7 +198,8 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         axis.bar(xs, [m for m, _ in stats], width, yerr=[s for _, s in stats], capsize=3, label=task)
     axis.set_xticks([j + width * (len(tasks) - 1) / 2 for j in range(len(variants))], variants, rotation=20)
     axis.set_ylabel("Avg-Gap to exact retrain ↓ (mean ± sd)")
-    axis.set_title(f"OrthoGrad ablation, digits, seeds {results['seeds']}, matched forget accuracy")
+    extra = " ".join(results.get("recipe_args") or [])
+    axis.set_title(f"OrthoGrad ablation, digits, seeds {results['seeds']}, matched forget accuracy {extra}".strip())
     axis.legend()
     axis.grid(axis="y", alpha=0.3)
     figure.savefig(path, dpi=100)
@@ -207,7 +213,7 @@ def write_outputs(results: dict[str, Any], output_dir: Path, stem: str) -> str:
     note = (
         f"OrthoGrad ablation, digits; seeds {results['seeds']}; mean ± sd over seeds; stopped at the exact-retrain "
         f"forget accuracy (evaluated every step, ≤ {results['max_steps']} steps); torch threads {results['threads']}; "
-        f"load average {results['load_average']}\n\n"
+        f"load average {results['load_average']}; recipe arguments {results.get('recipe_args') or 'none'}\n\n"
     )
     table = markdown(results)
     (output_dir / f"{stem}.md").write_text(note + table + "\n")
@@ -229,10 +235,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="Add --seeds to the existing JSON's runs (same max_steps, threads and variants) instead of replacing it.",
     )
+    parser.add_argument(
+        "--tag", default="", help="Suffix of the output files and run folders, for a run with other --recipe_args."
+    )
+    parser.add_argument(
+        "--recipe_args",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="Recipe flags for every run, e.g. --learning_rate 1e-4",
+    )
     parser.add_argument("--runs_dir", type=Path, default=Path("outputs/ablate_orthograd_classifier"))
     parser.add_argument("--output_dir", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
-    stem = STEM + ("_quick" if args.quick else "")
+    stem = STEM + (f"_{args.tag}" if args.tag else "") + ("_quick" if args.quick else "")
     if args.plot_only:
         results = json.loads((args.output_dir / f"{stem}.json").read_text())
         print(write_outputs(results, args.output_dir, stem))
@@ -256,15 +271,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"torch {torch.__version__}",
         "load_average": None,
         "variants": {v: VARIANTS[v] for v in args.variants},
+        "recipe_args": args.recipe_args,
         "tasks": {task: {} for task in args.tasks},
     }
     loads = []
     start = time.perf_counter()
     if args.extend:
         earlier = json.loads((args.output_dir / f"{stem}.json").read_text())
-        same = {k: earlier[k] for k in ("max_steps", "threads", "variants")}
+        same = {k: earlier.get(k, []) for k in ("max_steps", "threads", "variants", "recipe_args")}
         if same != {k: results[k] for k in same} or set(args.seeds) & set(earlier["seeds"]):
-            raise SystemExit(f"--extend needs new seeds and the same max_steps, threads and variants as {stem}.json.")
+            raise SystemExit(
+                f"--extend needs new seeds and the same max_steps, threads, variants and recipe_args as {stem}.json."
+            )
         results["tasks"] = {task: earlier["tasks"].get(task, {}) for task in args.tasks}
         results["seeds"] = earlier["seeds"] + args.seeds
         loads = [float(x) for x in earlier["load_average"].split("–")]
@@ -272,9 +290,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for seed in args.seeds:  # seed-major: an interrupted run has every variant of the first seeds
         for task in args.tasks:
             for variant in args.variants:
-                run_dir = args.runs_dir / task / variant / f"seed{seed}"
+                run_dir = args.runs_dir / (args.tag or "main") / task / variant / f"seed{seed}"
                 began = time.perf_counter()
-                metrics = run(variant_argv(variant, task, seed, run_dir, cache_dir, args.max_steps))
+                argv = variant_argv(variant, task, seed, run_dir, cache_dir, args.max_steps, args.recipe_args)
+                metrics = run(argv)
                 resolved = json.loads((run_dir / "unlearn_config.json").read_text())["config"]
                 record = run_record(metrics, resolved, seed, time.perf_counter() - began)
                 results["tasks"][task].setdefault(variant, []).append(record)

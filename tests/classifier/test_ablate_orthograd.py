@@ -54,6 +54,11 @@ def test_every_variant_parses_and_changes_only_its_own_setting(ablate, tmp_path)
     assert changed("lora") == {"script.use_peft"}
     assert changed("retain_10pct") == {"script.retain_fraction"} and parsed["retain_1pct"][0].retain_fraction == 0.01
     assert changed("kl") == {"retain_loss"}
+    # Recipe flags for every run come before the variant's own: `sgd` keeps its learning rate.
+    lower = ["--learning_rate", "1e-4"]
+    for variant, lr in (("default", 1e-4), ("sgd", ablate.SGD_LR)):
+        argv = ablate.variant_argv(variant, "class", 0, tmp_path / variant, tmp_path / "cache", 40, lower)
+        assert parse_args(argv)[1].learning_rate == lr
     gru_script, gru_config = parsed["gru"]
     assert type(gru_config) is GRUConfig and gru_script.method == "gru"
     assert getattr(gru_config, ablate.ALPHA_FIELD) == 0.5
