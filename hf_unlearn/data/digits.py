@@ -14,6 +14,9 @@ one or a user's (`load_image_dataset`):
 - `retain`: the other training images.
 - `test`: held-out images; class-wise, only those of the kept classes (the papers' TA).
 - `forget_test` (class-wise only): held-out images of the forgotten class (a retrained model gets them wrong too).
+
+`retain_subset` draws the part of `retain` an unlearning method may see (OrthoGrad's v2 setting: a small retain set);
+the metrics and the exact-retrain reference keep the whole `retain` split.
 """
 
 import json
@@ -206,3 +209,30 @@ def forget_splits(
         "retain": train.select(np.flatnonzero(~forget_mask)),
         "test": test,
     }
+
+
+def retain_subset(retain: Dataset, retain_fraction: float = 1.0, seed: int = 0) -> Dataset:
+    """The seeded `retain_fraction` of `retain` an unlearning method trains on (at least one image; all at 1.0).
+
+    Stratified by `label` when every class can keep an image, so a 1 % subset still shows each kept class; a plain
+    seeded draw otherwise (fewer images than classes). The order of `retain` is kept.
+
+    Args:
+        retain (`Dataset`): The retain split, with a `label` column.
+        retain_fraction (`float`, *optional*, defaults to `1.0`): Share of `retain` to keep, in (0, 1].
+        seed (`int`, *optional*, defaults to `0`): Seeds which images are kept.
+    """
+    if not 0 < retain_fraction <= 1:
+        raise ValueError(f"retain_fraction must be in (0, 1], got {retain_fraction}: e.g. 0.01 keeps 1 % of retain.")
+    count = max(1, int(round(retain_fraction * len(retain))))
+    if count >= len(retain):
+        return retain
+    labels = np.asarray(retain["label"])
+    classes, per_class = np.unique(labels, return_counts=True)
+    if min(count, len(retain) - count) >= len(classes) and per_class.min() >= 2:  # what stratifying needs
+        from sklearn.model_selection import train_test_split
+
+        kept, _ = train_test_split(np.arange(len(retain)), train_size=count, stratify=labels, random_state=seed)
+    else:
+        kept = np.random.default_rng(seed).permutation(len(retain))[:count]
+    return retain.select(np.sort(kept))

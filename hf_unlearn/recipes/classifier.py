@@ -55,6 +55,13 @@ class ScriptArguments(RecipeArguments):
     forget_fraction: float = field(
         default=0.1, metadata={"help": "--task random: share of the training images to forget, in (0, 1)."}
     )
+    retain_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "Share of the retain images the method trains on, in (0, 1] (seeded, stratified; OrthoGrad's small "
+            "retain set). Metrics and the exact-retrain reference use all of them."
+        },
+    )
     model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Image classifier (Hub id or local dir). Default: the embedded tiny ResNet, trained here."},
@@ -114,10 +121,11 @@ def parse_args(argv: list[str]) -> tuple[ScriptArguments, "UnlearnConfig"]:
 
 
 def load_splits(script_args: ScriptArguments, seed: int) -> dict[str, Any]:
-    """The task's splits (`forget`, `retain`, `test`, class-wise `forget_test`) with `id`, `image`, `label` columns."""
+    """The task's splits (`forget`, `retain`, `test`, class-wise `forget_test`; `retain_train` with
+    `--retain_fraction` < 1) with `id`, `image`, `label` columns."""
     from datasets import Dataset, DatasetDict
 
-    from hf_unlearn.data.digits import build_digits_dataset, forget_splits, load_image_dataset
+    from hf_unlearn.data.digits import build_digits_dataset, forget_splits, load_image_dataset, retain_subset
 
     if not 0 < script_args.forget_fraction < 1:
         raise ValueError(
@@ -125,6 +133,11 @@ def load_splits(script_args: ScriptArguments, seed: int) -> dict[str, Any]:
         )
     if script_args.reference_epochs is not None and script_args.reference_epochs < 1:
         raise ValueError(f"--reference_epochs must be >= 1, got {script_args.reference_epochs}.")
+    if not 0 < script_args.retain_fraction <= 1:
+        raise ValueError(
+            f"--retain_fraction must be in (0, 1], got {script_args.retain_fraction}: e.g. 0.01 trains on 1 % of the "
+            "retain images."
+        )
     if script_args.dataset_name is None:
         digits = build_digits_dataset(cache_dir=script_args.cache_dir)
         if script_args.test_split not in digits or script_args.test_split == "train":
@@ -139,6 +152,9 @@ def load_splits(script_args: ScriptArguments, seed: int) -> dict[str, Any]:
         # Ids name the rows in the reference caches and the model card's forget fingerprint.
         dataset["train"] = dataset["train"].add_column("id", [f"train-{i}" for i in range(len(dataset["train"]))])
     splits = forget_splits(dataset, script_args.task, script_args.forget_class, script_args.forget_fraction, seed=seed)
+    if script_args.retain_fraction < 1:
+        # What the method trains on; `retain` itself stays whole for the metrics and the exact-retrain reference.
+        splits["retain_train"] = retain_subset(splits["retain"], script_args.retain_fraction, seed=seed)
     return {name: split for name, split in splits.items() if isinstance(split, Dataset)}
 
 
@@ -244,6 +260,11 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, Any
     check_labels_fit(splits, num_labels)
     channels = model_num_channels(model)
     eval_splits = {name: add_pixel_values(splits[name], processor, channels) for name in EVAL_ORDER if name in splits}
+    train_retain = (
+        add_pixel_values(splits["retain_train"], processor, channels)
+        if "retain_train" in splits
+        else eval_splits["retain"]
+    )
     collator = ImageClassificationCollator(num_labels)
     batch_size = config.per_device_eval_batch_size
 
@@ -260,7 +281,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, Any
         model=model,
         args=config,
         forget_dataset=eval_splits["forget"],
-        retain_dataset=eval_splits["retain"],
+        retain_dataset=train_retain,
         eval_dataset=eval_splits,
         data_collator=collator,
         processing_class=processor,
@@ -282,6 +303,14 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, Any
     results["avg_gap"] = avg_gap(results["unlearned"], results["retrain"]) if "retrain" in results else None
     results["base_avg_gap"] = avg_gap(results["base"], results["retrain"]) if "retrain" in results else None
     results["uis"] = unlearning_impact_score(results["base"], results["unlearned"], script_args.task)
+    if stop is not None:
+        state = trainer.state
+        results["stop_at_target"] = {
+            "target": stop.target,
+            "reached_step": stop.reached_step,
+            "restored_step": state.best_global_step or state.global_step,
+            "last_step": state.global_step,
+        }
     trainer.set_card_info(metrics=card_metrics(results))
     write_run_outputs(trainer, config, script_args, results, dry_run_dir, classification_table(results))
     return results

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict
 
-from hf_unlearn.data.digits import DigitsConfig, build_digits_dataset, forget_splits, load_image_dataset
+from hf_unlearn.data.digits import (
+    DigitsConfig,
+    build_digits_dataset,
+    forget_splits,
+    load_image_dataset,
+    retain_subset,
+)
 from hf_unlearn.models.tiny_classifier import ImageClassificationCollator, check_labels_fit
 
 
@@ -46,6 +52,24 @@ def test_class_and_random_forget_splits(digits):
     assert not set(random["forget"]["id"]) & set(random["retain"]["id"])
     assert forget_splits(digits, "random", seed=0)["forget"]["id"] == random["forget"]["id"]
     assert forget_splits(digits, "random", seed=1)["forget"]["id"] != random["forget"]["id"]
+
+
+def test_retain_subset_is_a_seeded_stratified_share_of_retain(digits):
+    retain = forget_splits(digits, "class", forget_class=3)["retain"]
+    assert retain_subset(retain, 1.0) is retain
+    for fraction in (0.01, 0.1):
+        subset = retain_subset(retain, fraction, seed=0)
+        assert len(subset) == round(fraction * len(retain))
+        assert set(subset["id"]) < set(retain["id"])  # only retain images, never a forgotten one
+        assert subset["id"] == sorted(subset["id"], key=retain["id"].index)  # retain's order kept
+        assert set(subset["label"]) == set(retain["label"])  # every kept class, even at 1 % (11 images, 9 classes)
+        assert retain_subset(retain, fraction, seed=0)["id"] == subset["id"]
+        assert retain_subset(retain, fraction, seed=1)["id"] != subset["id"]
+    # Fewer images than classes: a plain seeded draw; never empty.
+    assert len(retain_subset(retain, 0.004, seed=0)) == 5 and len(retain_subset(retain, 1e-6)) == 1
+    for fraction in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r"retain_fraction must be in \(0, 1\]"):
+            retain_subset(retain, fraction)
 
 
 def test_bad_input_is_refused_naming_the_fix(digits, tmp_path):

@@ -85,7 +85,40 @@ def test_bad_recipe_arguments_fail_before_training(local_data, tmp_path):
         run_cli(local_data, tmp_path, "--task", "random", "--forget_fraction", "1.5")
     with pytest.raises(ValueError, match="forget_class=42"):
         run_cli(local_data, tmp_path, "--forget_class", "42")
+    with pytest.raises(ValueError, match=r"--retain_fraction must be in \(0, 1\]"):
+        run_cli(local_data, tmp_path, "--retain_fraction", "0")
     assert not (tmp_path / "out").exists()
+
+
+def test_retain_fraction_trains_on_a_subset_and_scores_on_all_of_retain(local_data, tmp_path, monkeypatch):
+    import hf_unlearn.recipes.common as common
+
+    seen = {}
+    write = common.write_run_outputs
+
+    def spy(trainer, config, script_args, results, *args):
+        seen["train"] = list(trainer.retain_dataset["id"])
+        seen["metrics"] = {name: list(split["id"]) for name, split in trainer.eval_dataset.items()}
+        return write(trainer, config, script_args, results, *args)
+
+    monkeypatch.setattr(common, "write_run_outputs", spy)
+    model = ["--model_name_or_path", str(local_data / "model10"), "--method", "graddiff"]
+    run_cli(local_data, tmp_path, *model, "--retain_fraction", "0.2", "--overwrite_output_dir", "true")
+    retain = seen["metrics"]["retain"]
+    assert len(seen["train"]) == round(0.2 * len(retain)) and set(seen["train"]) < set(retain)
+    run_cli(local_data, tmp_path, *model, "--overwrite_output_dir", "true")
+    assert seen["train"] == seen["metrics"]["retain"]  # the default trains on every retain image
+
+
+def test_stop_at_target_stops_the_classifier_at_the_forget_accuracy(local_data, tmp_path):
+    # Forget accuracy <= 1.0 holds at the first evaluation: the run stops at step 1 of 3 and says so.
+    model = ["--model_name_or_path", str(local_data / "model10"), "--method", "graddiff"]
+    metrics = run_cli(local_data, tmp_path, *model, "--max_steps", "3", "--stop_at_target", "1.0",
+                      "--eval_strategy", "steps", "--eval_steps", "1")  # fmt: skip
+    assert metrics["stop_at_target"] == {"target": 1.0, "reached_step": 1, "restored_step": 1, "last_step": 1}
+    with pytest.raises(ValueError, match="--stop_at_target retrain needs the exact-retrain"):
+        run_cli(local_data, tmp_path, *model, "--stop_at_target", "retrain", "--eval_strategy", "steps",
+                "--overwrite_output_dir", "true")  # fmt: skip
 
 
 @pytest.mark.slow

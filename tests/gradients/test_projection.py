@@ -5,6 +5,7 @@ import torch
 
 from hf_unlearn.gradients import LoraGradientCapture
 
+from ..testing_utils import assert_close, flatten, gpt2_batch, loop_per_sample_grads, reference_losses, tiny_gpt2_lora
 from .projection_reference import (
     joint_gram_blocks,
     orthogonal_projection_coefficients,
@@ -13,8 +14,6 @@ from .projection_reference import (
     rank_one_projection_coefficients,
     surrogate_loss,
 )
-
-from ..testing_utils import assert_close, flatten, gpt2_batch, loop_per_sample_grads, reference_losses, tiny_gpt2_lora
 
 
 def retain_gradients(case: str, generator: torch.Generator) -> torch.Tensor:

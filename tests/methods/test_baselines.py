@@ -113,7 +113,10 @@ def test_npo_and_simnpo_losses_match_hand_computation(tmp_path):
     common = dict(output_dir=str(tmp_path / "o"), retain_weight=0.0, use_cpu=True, report_to="none")
     dataset = token_dataset(2, seed=0)
     npo = NPOTrainer(
-        model=FixedLogits(logits), args=NPOConfig(npo_beta=beta, **common), forget_dataset=dataset, data_collator=collate
+        model=FixedLogits(logits),
+        args=NPOConfig(npo_beta=beta, **common),
+        forget_dataset=dataset,
+        data_collator=collate,
     )
     npo.reference._frozen_copy.logits.data.copy_(ref_logits)
     simnpo = SimNPOTrainer(
