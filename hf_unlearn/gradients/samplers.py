@@ -280,12 +280,33 @@ class LayerNormSampler(LayerSampler):
         return grads
 
 
-LINEAR, TRANSPOSED_LINEAR, CONV, EMBEDDING, LAYER_NORM = (
+class FrozenBatchNormSampler(LayerNormSampler):
+    """`nn.BatchNorm1d/2d/3d` in eval mode with running statistics (frozen BN, as the classifier benchmark's ResNet
+    uses): a per-channel affine map of ``x̂ = (x − running_mean) / √(running_var + ε)``, so, channels last,
+    ``∇_γ ℓ_i = Σ_t Δ_i[t] ⊙ x̂_i[t]`` and ``∇_β ℓ_i = Σ_t Δ_i[t]`` over the positions t — LayerNorm's readouts.
+    A BN in training mode normalises with batch statistics, which couples the samples: it has no per-sample gradient
+    and is refused (`sampler_for`; the trainers refuse it before the first step)."""
+
+    @staticmethod
+    def _channels_last(tensor: Tensor) -> Tensor:
+        # [B, C] or [B, C, *positions] → [B, positions, C]
+        return tensor.reshape(tensor.shape[0], tensor.shape[1], -1).transpose(1, 2)
+
+    def rows(self, layer, inputs, dtype):
+        x = self._channels_last(inputs.to(dtype))
+        return (x - layer.running_mean.to(dtype)) * torch.rsqrt(layer.running_var.to(dtype) + layer.eps)
+
+    def backprop_rows(self, layer, grad, dtype):
+        return self._channels_last(grad.to(dtype))
+
+
+LINEAR, TRANSPOSED_LINEAR, CONV, EMBEDDING, LAYER_NORM, FROZEN_BATCH_NORM = (
     LinearSampler(),
     TransposedLinearSampler(),
     ConvSampler(),
     EmbeddingSampler(),
     LayerNormSampler(),
+    FrozenBatchNormSampler(),
 )
 
 
@@ -316,8 +337,16 @@ def sampler_for(name: str, layer: nn.Module) -> LayerSampler:
         return EMBEDDING
     if kind is nn.LayerNorm:
         return LAYER_NORM
+    if kind in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+        if layer.training or layer.running_mean is None:
+            raise UnsupportedLayerError(
+                name,
+                f"{kind.__name__} in training mode (or without running statistics) normalises with batch statistics, "
+                "which has no per-sample gradient; freeze it (`hf_unlearn.models.freeze_batch_norm`).",
+            )
+        return FROZEN_BATCH_NORM
     raise UnsupportedLayerError(
         name,
         f"{kind.__name__} has trainable parameters and no fused per-sample sampler (supported: nn.Linear, "
-        "transformers Conv1D, nn.Conv1d/2d, nn.Embedding, nn.LayerNorm).",
+        "transformers Conv1D, nn.Conv1d/2d, nn.Embedding, nn.LayerNorm, frozen nn.BatchNorm1d/2d/3d).",
     )

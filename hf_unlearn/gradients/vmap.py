@@ -1,8 +1,8 @@
 """Generic per-sample gradients of any trainable parameters with ``torch.func`` (DESIGN §3, last bullets).
 
-The fused capture covers Linear, Conv1d/2d, Embedding and LayerNorm weights and LoRA Linears. For any other
-trainable layer (custom norms, tied weights, DoRA), ``vmap(grad(functional_call))`` gives the same per-sample gradients
-at the cost of materialising them: memory B·P, so chunk over the sample dimension.
+The fused capture covers Linear, Conv1d/2d, Embedding, LayerNorm and frozen BatchNorm weights and LoRA Linears. For
+any other trainable layer (custom norms, tied weights, DoRA), ``vmap(grad(functional_call))`` gives the same
+per-sample gradients at the cost of materialising them: memory B·P, so chunk over the sample dimension.
 """
 
 from collections.abc import Callable, Mapping

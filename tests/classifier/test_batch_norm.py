@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.func import functional_call, grad, vmap
 
-from hf_unlearn.gradients import VmapPerSampleGradients
+from hf_unlearn.gradients import FusedGradientCapture, VmapPerSampleGradients
 from hf_unlearn.losses import model_per_example_loss, model_sequence_log_prob
 from hf_unlearn.models import freeze_batch_norm
 from hf_unlearn.models.batch_norm import batch_norm_in_training
@@ -64,6 +64,14 @@ def test_per_sample_gradients_through_frozen_batch_norm_match_a_loop_in_float64(
     direct = torch.cat([direct[n].flatten(1) for n in params], 1)
     torch.testing.assert_close(direct, loop, rtol=1e-10, atol=1e-12)
 
+    # And from one backward through the fused capture (frozen BN has its own sampler), every parameter of the ResNet.
+    with FusedGradientCapture(model) as capture:
+        capture.backward(model_per_example_loss(model, inputs))
+    fused = capture.per_sample_gradients()
+    assert list(fused) == list(params)
+    torch.testing.assert_close(torch.cat([fused[n].flatten(1) for n in params], 1), loop, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(capture.gram(), loop @ loop.T, rtol=1e-10, atol=1e-12)
+
 
 @pytest.mark.parametrize("method", ["orthograd", "lur"])
 def test_orthograd_and_lur_train_a_frozen_batch_norm_resnet(tmp_path, method):
@@ -73,6 +81,8 @@ def test_orthograd_and_lur_train_a_frozen_batch_norm_resnet(tmp_path, method):
     before = torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
     trainer = make_classifier_trainer(method, tmp_path, model)
     trainer.train()
+    if method == "orthograd":
+        assert trainer.per_sample_backend == "fused"  # conv, frozen BN and linear layers all have fused samplers
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     assert torch.isfinite(after).all() and not torch.equal(before, after)
     for old, module in zip(stats, [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)], strict=True):

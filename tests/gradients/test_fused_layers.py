@@ -7,6 +7,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from hf_unlearn.gradients import FusedGradientCapture, UnsupportedLayerError
+from hf_unlearn.models import freeze_batch_norm
 
 from ..testing_utils import assert_close, flatten, loop_per_sample_grads, vmap_per_sample_grads
 
@@ -42,6 +43,32 @@ class ImageNet(nn.Module):
         return self.head(self.norm(torch.tanh(self.conv1d(hidden))).flatten(1))
 
 
+class FrozenBatchNormNet(nn.Module):
+    """Conv2d → frozen BatchNorm2d → BatchNorm1d on [B, C, L] → Linear → BatchNorm1d on [B, C], all in eval mode with
+    non-trivial running statistics (a ResNet block as fine-tuned with frozen BN)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.bn2d = nn.BatchNorm2d(3)
+        self.bn1d_positions = nn.BatchNorm1d(3)
+        self.proj = nn.Linear(3 * 36, 4)
+        self.bn1d_features = nn.BatchNorm1d(4)
+        self.head = nn.Linear(4, 3)
+        generator = torch.Generator().manual_seed(7)
+        for norm in (self.bn2d, self.bn1d_positions, self.bn1d_features):
+            norm.running_mean.copy_(torch.randn(norm.num_features, generator=generator))
+            norm.running_var.copy_(torch.rand(norm.num_features, generator=generator) + 0.5)
+            nn.init.normal_(norm.weight, generator=generator)
+            nn.init.normal_(norm.bias, generator=generator)
+        freeze_batch_norm(self)
+
+    def forward(self, x):
+        hidden = torch.tanh(self.bn2d(self.conv(x))).flatten(2)  # [B, 3, 36]
+        hidden = torch.tanh(self.bn1d_positions(hidden)).flatten(1)
+        return self.head(torch.tanh(self.bn1d_features(self.proj(hidden))))
+
+
 def token_batch(batch: int, seed: int) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, 5, (batch, 7), generator=generator)  # few ids: repeats within and across samples, pads
@@ -58,7 +85,11 @@ def losses(model, batch):
     return F.cross_entropy(model(x=batch["x"]), batch["labels"], reduction="none")
 
 
-NETS = {"tokens": (TokenNet, token_batch), "images": (ImageNet, image_batch)}
+NETS = {
+    "tokens": (TokenNet, token_batch),
+    "images": (ImageNet, image_batch),
+    "frozen_bn": (FrozenBatchNormNet, image_batch),
+}
 
 
 def captured(net: str, batch_size: int = 4, **kwargs):
@@ -72,7 +103,7 @@ def captured(net: str, batch_size: int = 4, **kwargs):
 
 
 @pytest.mark.parametrize("batch_size", [1, 4])
-@pytest.mark.parametrize("net", ["tokens", "images"])
+@pytest.mark.parametrize("net", list(NETS))
 def test_per_sample_gradients_match_torch_func_and_loop(net, batch_size):
     model, batch, capture = captured(net, batch_size)
     fused = capture.per_sample_gradients()
@@ -88,7 +119,7 @@ def test_per_sample_gradients_match_torch_func_and_loop(net, batch_size):
 
 
 @pytest.mark.parametrize("method", ["auto", "ghost", "materialize"])
-@pytest.mark.parametrize("net", ["tokens", "images"])
+@pytest.mark.parametrize("net", list(NETS))
 def test_readouts_match_flattened_references(net, method):
     model, batch, capture = captured(net, 5, gram_method=method)
     expected = loop_per_sample_grads(model, batch, loss_fn=losses)
@@ -138,6 +169,8 @@ def test_unsupported_layers_are_named():
     tied[1].weight = tied[0].weight
     with pytest.raises(UnsupportedLayerError, match="tied weights"):
         FusedGradientCapture(tied)
+    with pytest.raises(UnsupportedLayerError, match="BatchNorm2d in training mode"):
+        FusedGradientCapture(nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3)))
     with pytest.raises(ValueError, match="requires_grad"):
         FusedGradientCapture(nn.Linear(3, 3).requires_grad_(False))
 

@@ -70,9 +70,10 @@ class OrthoGradConfig(UnlearnConfig):
         per_sample_gradients (`str`, *optional*, defaults to `"auto"`):
             `"fused"`: hooks recover per-sample gradients from the step's one backward
             ([`~hf_unlearn.gradients.FusedGradientCapture`]): peft LoRA weights, or full fine-tuning of nn.Linear,
-            transformers Conv1D, nn.Conv1d/2d, nn.Embedding and nn.LayerNorm weights. `"vmap"`: `torch.func.vmap` over
-            samples, for any trainable parameters; it materialises k per-sample gradients. `"auto"`: fused when every
-            trainable parameter is supported, vmap otherwise (one log line names the unsupported layer).
+            transformers Conv1D, nn.Conv1d/2d, nn.Embedding, nn.LayerNorm and frozen nn.BatchNorm weights. `"vmap"`:
+            `torch.func.vmap` over samples, for any trainable parameters; it materialises k per-sample gradients.
+            `"auto"`: fused when every trainable parameter is supported, vmap otherwise (one log line names the
+            unsupported layer).
         vmap_chunk_size (`int` or `None`, *optional*, defaults to `None`):
             Samples per `torch.func.vmap` chunk on the vmap path; bounds its peak memory. `None`: the whole batch.
 
