@@ -292,10 +292,14 @@ class ForwardLabel:
 
 def phase_shares(events, cuda: bool) -> dict:
     """Kernel time per phase from a profiler trace: each op's self time goes to its innermost marked ancestor."""
+    from torch.autograd import DeviceType
 
     def own_time(event) -> float:
         if cuda:
-            return event.self_device_time_total
+            # CPU-side ops carry the device time of the kernels they launched; device-side events, where a torch
+            # version lists them too, would count those kernels twice
+            on_cpu = getattr(event, "device_type", None) in (None, DeviceType.CPU)
+            return event.self_device_time_total if on_cpu else 0.0
         return event.self_cpu_time_total if event.name.startswith("aten::") else 0.0
 
     totals = dict.fromkeys(PHASES, 0.0)
