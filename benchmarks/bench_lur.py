@@ -45,6 +45,13 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=None, help="forget = retain batch size (default: 4 CPU, 8 CUDA)")
     parser.add_argument("--label-tokens", type=int, default=32)
     parser.add_argument("--lora-r", type=int, default=8)
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        choices=["lur_exact", "lur_first", "lur_exact_ga", "lur_first_ga", "lur_exact_diag"],
+        help="LUR variants timed against GradDiff (default: all)",
+    )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--inner-lr", type=float, default=1e-2)
@@ -204,6 +211,8 @@ class PeakMemory:
 def bench_config(name: str, args) -> dict:
     model, forget, retain, sizes = build(name, args, args.device)
     functions, torch = step_functions(model, forget, retain, args.inner_lr)
+    if args.methods:
+        functions = {method: fn for method, fn in functions.items() if method == "graddiff" or method in args.methods}
     autocast = (lambda: torch.autocast(args.device, dtype=torch.bfloat16)) if args.dtype == "bf16" else nullcontext
     params = [p for p in model.parameters() if p.requires_grad]
 

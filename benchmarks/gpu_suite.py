@@ -360,6 +360,8 @@ def measure_cell(model, trainers, forget, retain, args, methods, deadline: float
         except Exception as err:  # recorded for this method; the others and the rest of the suite go on
             results[method].update(error_record(err))
             failed.add(method)
+        if method in failed:
+            # after the except block, whose traceback keeps the failed step's tensors (an OOM's) alive
             model.zero_grad(set_to_none=True)
             gc.collect()
             if cuda:
