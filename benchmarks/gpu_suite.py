@@ -45,6 +45,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 from contextlib import nullcontext
@@ -236,7 +237,7 @@ def make_trainers(model, args, methods) -> dict:
     }
     placeholder = Dataset.from_list([{"x": 0}] * args.forget)
     common = dict(
-        output_dir=str(args.output_dir / "trainer_scratch"),
+        output_dir=tempfile.mkdtemp(prefix="gpu_suite_"),  # nothing is saved; kept out of the results folder
         allow_overlap=True,  # one placeholder dataset for both streams; the batches are fixed by the suite
         per_device_train_batch_size=args.forget,
         use_cpu=args.device == "cpu",
