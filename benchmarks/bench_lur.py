@@ -5,7 +5,9 @@
 
 Each method computes the trainable-parameter gradient of one step the way its trainer does (LURTrainer: the
 `LURObjective` surrogate plus one backward, SDPA restricted to its math backend in second order; GradDiffTrainer: one
-backward of −L_f + γ·L_r), on the same random-init Whisper with LoRA and the same forget/retain batches. The
+backward of −L_f + γ·L_r), on the same random-init Whisper with LoRA and the same forget/retain batches. `lur_*` use
+LUR's default forget loss, NPO (π_ref scored each step with the adapter disabled, as the trainer does: one more
+no-grad forward of the forget batch); `lur_*_ga` the gradient-ascent loss L_u = −L_f that GradDiff also uses. The
 optimizer step itself is the same for all methods and left out. Methods are interleaved within each repetition so
 that load on a shared machine hits them alike; the reported time is the median after warm-up.
 
@@ -28,7 +30,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 
-TARGETS = {"lur_exact": 1.8, "lur_first": 1.5}
+TARGETS = {"lur_exact": 1.8, "lur_first": 1.5, "lur_exact_ga": 1.8, "lur_first_ga": 1.5}
 MMAP_THRESHOLD = "131072"
 
 
@@ -43,6 +45,13 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=None, help="forget = retain batch size (default: 4 CPU, 8 CUDA)")
     parser.add_argument("--label-tokens", type=int, default=32)
     parser.add_argument("--lora-r", type=int, default=8)
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        choices=["lur_exact", "lur_first", "lur_exact_ga", "lur_first_ga", "lur_exact_diag"],
+        help="LUR variants timed against GradDiff (default: all)",
+    )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--inner-lr", type=float, default=1e-2)
@@ -109,19 +118,34 @@ def step_functions(model, forget, retain, inner_lr: float, gamma: float = 1.0):
     import torch
 
     from hf_unlearn import LURTrainer
+    from hf_unlearn.losses import model_per_example_loss, model_sequence_log_prob, npo_per_example_loss
     from hf_unlearn.methods.lur.meta import LURObjective, batch_loss_fn, trainable_parameters
-    from hf_unlearn.losses import model_per_example_loss
 
     def graddiff():
         loss = -model_per_example_loss(model, forget).mean() + gamma * model_per_example_loss(model, retain).mean()
         loss.backward()
 
-    def lur(meta_order: str, diagnostics: bool = False):
+    def npo_unlearn_fn():
+        # as `LURTrainer._unlearn_at` with forget_loss="npo" (the default): π_ref scored once per step, no gradient,
+        # adapter disabled; L_u = mean NPO term
+        config = model.config
+        with torch.no_grad(), model.disable_adapter():
+            ref_log_prob = model_sequence_log_prob(model, forget, config)[0]
+
+        def loss(module, inputs):
+            return npo_per_example_loss(model_sequence_log_prob(module, inputs, config)[0], ref_log_prob, 0.1).mean()
+
+        return batch_loss_fn(model, forget, loss=loss, config=config)
+
+    def lur(meta_order: str, diagnostics: bool = False, forget_loss: str = "ga"):
         objective = LURObjective(inner_lr, gamma, meta_order=meta_order)
 
         def run():
-            forget_fn = batch_loss_fn(model, forget)
-            unlearn_fn = lambda p: -forget_fn(p)  # noqa: E731
+            if forget_loss == "npo":
+                unlearn_fn = npo_unlearn_fn()
+            else:
+                forget_fn = batch_loss_fn(model, forget)
+                unlearn_fn = lambda p: -forget_fn(p)  # noqa: E731
             if meta_order == "second":  # as LURTrainer: the forward differentiated twice runs SDPA's math backend
                 unlearn_fn = LURTrainer._twice_differentiable(unlearn_fn)
             step = objective(
@@ -134,9 +158,11 @@ def step_functions(model, forget, retain, inner_lr: float, gamma: float = 1.0):
     # the first second-order call also runs its one-off double-backward check: warm-up absorbs it
     return {
         "graddiff": graddiff,
-        "lur_exact": lur("second"),
-        "lur_first": lur("first"),
-        "lur_exact_diag": lur("second", diagnostics=True),
+        "lur_exact": lur("second", forget_loss="npo"),  # LUR's default forget loss
+        "lur_first": lur("first", forget_loss="npo"),
+        "lur_exact_ga": lur("second"),
+        "lur_first_ga": lur("first"),
+        "lur_exact_diag": lur("second", diagnostics=True, forget_loss="npo"),
     }, torch
 
 
@@ -185,6 +211,8 @@ class PeakMemory:
 def bench_config(name: str, args) -> dict:
     model, forget, retain, sizes = build(name, args, args.device)
     functions, torch = step_functions(model, forget, retain, args.inner_lr)
+    if args.methods:
+        functions = {method: fn for method, fn in functions.items() if method == "graddiff" or method in args.methods}
     autocast = (lambda: torch.autocast(args.device, dtype=torch.bfloat16)) if args.dtype == "bf16" else nullcontext
     params = [p for p in model.parameters() if p.requires_grad]
 

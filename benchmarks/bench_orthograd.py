@@ -48,7 +48,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 base, fp32 LoRA, autocast")
-    parser.add_argument("--configs", nargs="+", default=["tiny", "base"], choices=["tiny", "base"])
+    parser.add_argument("--configs", nargs="+", default=["tiny", "base"], choices=["tiny", "base", "small"])
     parser.add_argument("--params", default="lora", choices=["lora", "full"], help="LoRA adapter or every parameter")
     parser.add_argument("--k", nargs="+", type=int, default=[4, 16, 64], help="retain batch sizes")
     parser.add_argument("--forget", type=int, default=8, help="forget batch size m")
@@ -81,6 +81,17 @@ def whisper_config(name: str, frames: int, vocab: int):
             encoder_ffn_dim=256,
             decoder_ffn_dim=256,
             vocab_size=1024,
+        ),
+        # openai/whisper-small's shape, random init (the GPU suite's)
+        "small": dict(
+            d_model=768,
+            encoder_layers=12,
+            decoder_layers=12,
+            encoder_attention_heads=12,
+            decoder_attention_heads=12,
+            encoder_ffn_dim=3072,
+            decoder_ffn_dim=3072,
+            vocab_size=vocab,
         ),
         # openai/whisper-base's shape, random init
         "base": dict(
