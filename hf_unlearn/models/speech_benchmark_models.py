@@ -26,7 +26,7 @@ from hf_unlearn.data.collators import SpeechSeq2SeqCollator, prepare_speech_data
 from hf_unlearn.models.cache import INFO_FILE as INFO_FILE  # re-exported: where the info file lives
 from hf_unlearn.models.cache import cached_model_dir, config_for_key
 from hf_unlearn.models.tiny_whisper import build_tiny_whisper, build_whisper_processor
-from hf_unlearn.models.training import FromScratchConfig, fit_from_scratch
+from hf_unlearn.models.training import REFERENCE_ROLES, FromScratchConfig, fit_from_scratch
 
 
 # Bump when training code changes in a way that changes the result, so stale caches are not reused.
@@ -123,7 +123,7 @@ def train_reference_model(
     }
 
     def build(directory: Path) -> dict:
-        stats = _train(model, processor, train_split, training_config, directory / "trainer")
+        stats = _train(model, processor, train_split, training_config, directory / "trainer", REFERENCE_ROLES[kind])
         shutil.rmtree(directory / "trainer", ignore_errors=True)
         model.save_pretrained(directory)
         processor.save_pretrained(directory)
@@ -138,9 +138,11 @@ def _train(
     train_split: Dataset,
     config: ReferenceTrainingConfig,
     output_dir: Path,
+    role: str,
 ) -> dict:
     features = prepare_speech_dataset(train_split, processor)
-    return fit_from_scratch(model, features, SpeechSeq2SeqCollator(processor), config, output_dir)
+    collator = SpeechSeq2SeqCollator(processor)
+    return fit_from_scratch(model, features, collator, config, output_dir, description=f"Whisper {role}")
 
 
 def load_reference_model(path: str | os.PathLike) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:

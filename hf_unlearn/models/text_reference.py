@@ -23,7 +23,7 @@ from hf_unlearn.data.text_collators import QACollator
 from hf_unlearn.data.text_corpus import corpus_texts
 from hf_unlearn.models.cache import cached_model_dir, config_for_key
 from hf_unlearn.models.tiny_llama import build_llama_tokenizer, build_tiny_llama
-from hf_unlearn.models.training import FromScratchConfig, fit_from_scratch
+from hf_unlearn.models.training import REFERENCE_ROLES, FromScratchConfig, fit_from_scratch
 
 
 # Bump when training code changes in a way that changes the result, so stale caches are not reused.
@@ -116,7 +116,7 @@ def train_text_reference_model(
     }
 
     def build(directory: Path) -> dict:
-        stats = _train(model, tokenizer, train_split, training_config, directory / "trainer")
+        stats = _train(model, tokenizer, train_split, training_config, directory / "trainer", REFERENCE_ROLES[kind])
         shutil.rmtree(directory / "trainer", ignore_errors=True)
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
@@ -137,9 +137,10 @@ def _train(
     train_split: Dataset,
     config: TextReferenceTrainingConfig,
     output_dir: Path,
+    role: str,
 ) -> dict:
     collator = QACollator(tokenizer, max_length=model.config.max_position_embeddings)
-    return fit_from_scratch(model, train_split, collator, config, output_dir)
+    return fit_from_scratch(model, train_split, collator, config, output_dir, description=f"Llama {role}")
 
 
 def load_text_reference_model(path: str | os.PathLike) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:

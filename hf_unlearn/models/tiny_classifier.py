@@ -27,7 +27,7 @@ from datasets import Dataset, concatenate_datasets
 from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_unlearn.models.cache import cached_model_dir, config_for_key
-from hf_unlearn.models.training import FromScratchConfig, fit_from_scratch
+from hf_unlearn.models.training import REFERENCE_ROLES, FromScratchConfig, fit_from_scratch
 
 
 # Bump when training code changes in a way that changes the result, so stale caches are not reused.
@@ -175,7 +175,10 @@ def train_classifier_reference(
     def build(directory: Path) -> dict:
         data = add_pixel_values(train_split, processor, model_num_channels(model))
         collator = ImageClassificationCollator(num_labels)
-        stats = fit_from_scratch(model, data, collator, training_config, directory / "trainer")
+        description = f"classifier {REFERENCE_ROLES[kind]}"
+        stats = fit_from_scratch(
+            model, data, collator, training_config, directory / "trainer", description=description
+        )
         shutil.rmtree(directory / "trainer", ignore_errors=True)
         model.save_pretrained(directory)
         processor.save_pretrained(directory)

@@ -42,6 +42,13 @@ class FromScratchConfig:
     seed: int = 0
 
 
+# What each reference is, for the phase line before its training (the cache names them "base" and "retrain").
+REFERENCE_ROLES = {
+    "base": "base model (forget set included)",
+    "retrain": "exact-retrain reference (forget set left out)",
+}
+
+
 def fit_from_scratch(
     model: nn.Module,
     train_dataset: Dataset,

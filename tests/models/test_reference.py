@@ -27,7 +27,7 @@ def test_tiny_base_model_memorises_the_forget_speaker(tmp_path, tiny_corpus, tin
 
 
 def test_cache_is_reused_and_keyed_by_kind_data_and_config(
-    tmp_path, speech_cache, tiny_corpus, tiny_processor, monkeypatch
+    tmp_path, speech_cache, tiny_corpus, tiny_processor, monkeypatch, capsys
 ):
     train = lambda corpus, kind, **kw: train_reference_model(  # noqa: E731
         corpus, kind, tiny_processor, model_overrides=kw.pop("model", SMALL), training_config=ONE_EPOCH,
@@ -36,6 +36,10 @@ def test_cache_is_reused_and_keyed_by_kind_data_and_config(
     base = train(tiny_corpus, "base")
     retrain = train(tiny_corpus, "retrain")
     assert base != retrain
+    # The phase line before each training says which reference it is, so the loss logs below it are attributable.
+    out = capsys.readouterr().out
+    assert "[hf-unlearn] Training the Whisper base model (forget set included) from scratch" in out
+    assert "[hf-unlearn] Training the Whisper exact-retrain reference (forget set left out) from scratch" in out
     info = json.loads((Path(base) / reference.INFO_FILE).read_text())
     assert info["kind"] == "base"
     assert info["num_train_utterances"] == len(tiny_corpus["forget"]) + len(tiny_corpus["retain"])
