@@ -52,10 +52,16 @@ class ClassifierTrainingConfig(FromScratchConfig):
 
 
 def build_image_processor(image_size: int = 8, num_channels: int = 1) -> Any:
-    """Rescale 0..255 to [0, 1], normalise to [-1, 1], keep the size: what the tiny classifier was trained with."""
-    from transformers import ViTImageProcessor
+    """Rescale 0..255 to [0, 1], normalise to [-1, 1], keep the size: what the tiny classifier was trained with.
 
-    return ViTImageProcessor(
+    The PIL backend by name: the pixels are then the same with or without torchvision installed (without it,
+    `ViTImageProcessor` falls back to this same class and warns that it did)."""
+    try:
+        from transformers import ViTImageProcessorPil as ImageProcessor  # checked against transformers 5.24
+    except ImportError:  # a transformers 5 release before the split into backends
+        from transformers import ViTImageProcessor as ImageProcessor
+
+    return ImageProcessor(
         do_resize=True,
         size={"height": image_size, "width": image_size},
         image_mean=[0.5] * num_channels,
