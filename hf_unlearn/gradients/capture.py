@@ -358,16 +358,8 @@ class LoraGradientCapture(FusedGradientCapture):
     per-sample gradient of each factor is ``Δ_iᵀ X_i``; all readouts are formed from these factors, layer by layer,
     and are **global** over the concatenated captured parameters (DESIGN §2.2).
 
-    **What to backpropagate.** The captured quantities are the per-sample gradients ``g_i = ∇ℓ_i`` if, inside the
-    block, you backpropagate the plain sum ``Σ_i ℓ_i`` of per-example losses (``losses.model_per_example_loss``),
-    e.g. with [`~LoraGradientCapture.backward`]. If you backpropagate ``s·Σ_i ℓ_i`` instead (a batch mean, s = 1/B,
-    or a fixed loss-scaler factor), pass ``loss_scale=s``. Per-sample weights other than a common factor are not
-    supported: they cannot be told apart from the gradients. Padded positions must be masked out of the loss, so they
-    receive a zero output-gradient and contribute nothing.
-
-    Forward and backward must both happen inside the ``with`` block (hooks, including the tensor hooks on outputs,
-    are removed on exit, also on error); the readouts can be used after it. Entering again, or `clear`, drops the
-    buffers. Nothing is stored on the modules.
+    What to backpropagate (the plain sum of per-example losses, or ``loss_scale``), and the ``with`` block's rules,
+    are those of [`FusedGradientCapture`].
 
     Supported: 2-D ([B, d]) and N-D batch-first inputs (middle dims are flattened into T); a LoRA Linear called
     several times in one forward (its calls add up); gradient checkpointing, reentrant or not (forwards that are only
