@@ -68,3 +68,28 @@ def test_pretrained_kwargs_map_trls_loading_flags():
         "dtype": torch.bfloat16,
     }
     assert pretrained_kwargs(RecipeArguments(dtype="auto"))["dtype"] == "auto"
+
+
+def test_ga_without_a_stop_target_is_told_its_budget_will_not_stop_it(capsys):
+    """GA's default diverges on every embedded benchmark (default_stability.md): a run without --stop_at_target says
+    so and names the flag; with it, or for any other method, the run adds the callback or says nothing."""
+    from hf_unlearn import StopAtForgetTarget
+    from hf_unlearn.recipes.common import UNBOUNDED_GA_NOTE, add_stopping
+
+    class Trainer:
+        def __init__(self):
+            self.callbacks = []
+
+        def add_callback(self, callback):
+            self.callbacks.append(callback)
+
+    config = SimpleNamespace(process_index=0)
+    results = {"retrain": {"forget": {"wer": 0.15}}}
+    for method, target, note in (("ga", None, True), ("ga", "retrain", False), ("graddiff", None, False)):
+        trainer = Trainer()
+        add_stopping(trainer, config, SimpleNamespace(method=method, stop_at_target=target), results, "wer")
+        out = capsys.readouterr().out
+        assert (UNBOUNDED_GA_NOTE in out) is note and ("--stop_at_target" in out) is note
+        assert [type(c) for c in trainer.callbacks] == ([StopAtForgetTarget] if target else [])
+        if target:
+            assert trainer.callbacks[0].target == 0.15

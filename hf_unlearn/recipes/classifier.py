@@ -239,10 +239,10 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, Any
     )
 
     from .common import (
+        add_stopping,
         check_before_training,
         lora_config,
         prepare_in_one_process,
-        stop_at_target_callback,
         write_run_outputs,
     )
 
@@ -294,9 +294,7 @@ def main(script_args: ScriptArguments, config: "UnlearnConfig") -> dict[str, Any
         metrics=card_metrics(results), datasets=[script_args.dataset_name] if script_args.dataset_name else None
     )
     # --stop_at_target: stop at the exact-retrain model's forget accuracy (or a number) and keep the closest checkpoint.
-    stop = stop_at_target_callback(script_args.stop_at_target, results, "accuracy")
-    if stop is not None:
-        trainer.add_callback(stop)
+    stop = add_stopping(trainer, config, script_args, results, "accuracy")
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     results["unlearned"] = classification_metrics(unwrapped, eval_splits, collator, batch_size, config.seed)

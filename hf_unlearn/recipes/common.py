@@ -291,13 +291,30 @@ def stop_at_target_callback(stop_at_target: str | None, results: dict, metric: s
     return StopAtForgetTarget(target=target, metric=metric)
 
 
+# GA is the one method whose default cannot be made safe: it has no retain term and no weight, and its loss has no
+# floor, so at any fixed budget it ascends until the model babbles (benchmarks/results/default_stability.md).
+UNBOUNDED_GA_NOTE = (
+    "ga has no retain term and an unbounded loss: at a fixed step budget it ends in a model that babbles on every "
+    "embedded benchmark. Add --stop_at_target retrain (or a forget-metric value) to stop it at a forget level."
+)
+
+
+def add_stopping(trainer: Any, config: "UnlearnConfig", script_args: Any, results: dict, metric: str) -> Any:
+    """Add `--stop_at_target`'s callback to `trainer` and return it (`None` without the flag); without one, a GA run
+    says that its step budget alone will not stop it."""
+    stop = stop_at_target_callback(script_args.stop_at_target, results, metric)
+    if stop is not None:
+        trainer.add_callback(stop)
+    elif script_args.method == "ga":
+        announce(config, UNBOUNDED_GA_NOTE)
+    return stop
+
+
 def unlearn(trainer: Any, config: "UnlearnConfig", script_args: Any, results: dict, forget_metric: str) -> dict:
     """Train (resuming when asked, stopping at `--stop_at_target` on the forget split's `forget_metric`, the loss in
     a loss-only run) and return the metrics of the model the run ends with."""
     metric = forget_metric if config.eval_generate else "loss"
-    stop = stop_at_target_callback(script_args.stop_at_target, results, metric)
-    if stop is not None:
-        trainer.add_callback(stop)
+    add_stopping(trainer, config, script_args, results, metric)
     announce(config, f"Unlearning with {script_args.method} ({config.max_steps} steps)")
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     return final_evaluation(trainer, "eval_forget_loss")
