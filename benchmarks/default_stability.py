@@ -27,7 +27,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_methods import BENCHMARKS, CLASSIFIER_METHODS, METHOD_ORDER, Benchmark, run_method  # noqa: E402
+from compare_methods import (  # noqa: E402
+    BENCHMARKS,
+    CLASSIFIER_METHODS,
+    DEFAULT_WEIGHTS,
+    METHOD_ORDER,
+    Benchmark,
+    run_method,
+)
 
 
 SPEECH_BABBLE_WER = 1.2
@@ -72,7 +79,7 @@ def check(benchmark_name: str, benchmark: Benchmark, method: str, runs_dir: Path
     metrics = run["metrics"]
     return {
         "method": method,
-        "weight": run["retain_weight"],
+        "weight": None if DEFAULT_WEIGHTS.get(method) == (None,) else run["retain_weight"],  # GA has no weight
         "learning_rate": run["learning_rate"],
         "steps": run["stopped_step"],
         "wall_s": run["wall_s"],

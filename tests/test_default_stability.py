@@ -51,7 +51,6 @@ def test_text_and_classifier_divergence_is_half_the_base_retain_score(stability)
     assert "retain accuracy 0.30" in stability.divergence("classifier", {"base": digits(1.0), "unlearned": digits(0.3)})
 
 
-@pytest.mark.slow
 def test_a_real_run_writes_the_verdict_table(stability, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_UNLEARN_CACHE", str(tmp_path / "cache"))
     argv = ["--benchmarks", "text", "--methods", "graddiff", "--runs_dir", str(tmp_path / "runs")]
