@@ -15,7 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 def stability():
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
-        spec = importlib.util.spec_from_file_location("default_stability", REPO / "benchmarks" / "default_stability.py")
+        spec = importlib.util.spec_from_file_location(
+            "default_stability", REPO / "benchmarks" / "default_stability.py"
+        )
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
@@ -48,13 +50,17 @@ def test_text_and_classifier_divergence_is_half_the_base_retain_score(stability)
         return {"forget": {"accuracy": 0.0}, "retain": {"accuracy": retain}}
 
     assert stability.divergence("classifier", {"base": digits(1.0), "unlearned": digits(0.5)}) is None
-    assert "retain accuracy 0.30" in stability.divergence("classifier", {"base": digits(1.0), "unlearned": digits(0.3)})
+    assert "retain accuracy 0.30" in stability.divergence(
+        "classifier", {"base": digits(1.0), "unlearned": digits(0.3)}
+    )
 
 
 def test_a_real_run_writes_the_verdict_table(stability, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_UNLEARN_CACHE", str(tmp_path / "cache"))
     argv = ["--benchmarks", "text", "--methods", "graddiff", "--runs_dir", str(tmp_path / "runs")]
-    summary = stability.main([*argv, "--output_dir", str(tmp_path), "--", "--corpus_preset", "tiny", "--max_steps", "2"])
+    summary = stability.main(
+        [*argv, "--output_dir", str(tmp_path), "--", "--corpus_preset", "tiny", "--max_steps", "2"]
+    )
     (row,) = summary["benchmarks"]["text"]
     assert row["method"] == "graddiff" and row["steps"] == 2 and row["diverged"] is None
     written = json.loads((tmp_path / "default_stability_graddiff.json").read_text())

@@ -22,7 +22,7 @@ class NPOConfig(UnlearnConfig):
         retain_weight (`float`, *optional*, defaults to `10.0`):
             λ of the retain term. At λ = 1 NPO's default run collapsed the speech benchmark (retain WER 0.61 after
             60 steps at lr 1e-3); λ = 10 keeps every embedded benchmark (`benchmarks/results/default_stability.md`),
-            and it is the weight the matched-forget tuning chose for class-wise forgetting.
+            and it is the weight the matched-forget tuning chose on speech, on text and for class-wise forgetting.
     """
 
     retain_weight: float = field(

@@ -33,6 +33,10 @@ def test_every_method_unlearns_a_classifier_by_full_fine_tuning(tmp_path, method
     # SCRUB's first max step has zero gradient (the student is its teacher, KL = 0 at its minimum): the min steps in
     # between have to move it first, so it gets a longer alternating phase.
     overrides = dict(max_steps=8, max_phase_steps=8, learning_rate=5e-2) if method == "scrub" else dict(max_steps=3)
+    if method in ("graddiff", "npo", "lur"):
+        # Their default weight, 10, keeps a full benchmark's retain set; in 3 steps on these 8 + 8 random images the
+        # retain term then wins. The mechanics under test (the forget term raises the forget loss) need weight 1.
+        overrides["retain_weight"] = 1.0
     trainer = make(method, tmp_path, **overrides)
     forget = pixel_batch(pixel_dataset(8, seed=1))
     model = trainer.model

@@ -26,7 +26,7 @@ class LURConfig(UnlearnConfig):
             γ, the weight of the retain term. Must be > 0: without a retain term LUR is gradient ascent. At γ = 1 the
             default run collapsed the speech benchmark (retain WER 1.03 after 60 steps at lr 1e-3, NPO forget loss);
             γ = 10 keeps every embedded benchmark (`benchmarks/results/default_stability.md`) and is the weight the
-            matched-forget tuning chose on speech and for class-wise forgetting.
+            matched-forget tuning chose on speech, on text and for class-wise forgetting.
         meta_order (`str`, *optional*, defaults to `"second"`):
             `"second"`: the exact meta-gradient, one Hessian-vector product per step (double backward through the
             inner step). `"first"`: drop the Hessian term, ∇L_u(θ) + γ·∇L_r(θ'); cheaper, and the only choice for
