@@ -76,7 +76,7 @@ class UnlearnTrainer(Trainer):
 
     trainer = GradDiffTrainer(
         model=model,
-        args=GradDiffConfig(output_dir="out", retain_weight=1.0, max_steps=20),
+        args=GradDiffConfig(output_dir="out", max_steps=20),
         forget_dataset=corpus["forget"],
         retain_dataset=corpus["retain"],
         data_collator=collator,

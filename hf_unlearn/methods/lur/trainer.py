@@ -68,7 +68,7 @@ class LURTrainer(UnlearnTrainer):
 
     trainer = LURTrainer(
         model=model,
-        args=LURConfig(output_dir="out", inner_lr=1e-2, retain_weight=1.0, max_steps=50, learning_rate=1e-4),
+        args=LURConfig(output_dir="out", inner_lr=1e-2, max_steps=50, learning_rate=1e-4),
         forget_dataset=corpus["forget"],
         retain_dataset=corpus["retain"],
         data_collator=collator,
