@@ -1,25 +1,18 @@
 """`benchmarks/compare_methods.py`: Avg-Gap, the statistics, grid selection on the validation seed, the outputs, and
 `--quick` on the tiny text corpus."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 from .test_plots import METRICS, assert_png
-
-
-REPO = Path(__file__).resolve().parents[1]
+from .testing_utils import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def compare():
-    spec = importlib.util.spec_from_file_location("compare_methods", REPO / "benchmarks" / "compare_methods.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("compare_methods")
 
 
 def test_avg_gap_is_the_mean_absolute_gap_to_retrain(compare):

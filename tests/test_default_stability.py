@@ -1,28 +1,15 @@
 """`benchmarks/default_stability.py`: the divergence rule on hand-made metrics, and one real run end to end."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-
-REPO = Path(__file__).resolve().parents[1]
+from .testing_utils import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def stability():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "default_stability", REPO / "benchmarks" / "default_stability.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return module
+    return load_benchmark("default_stability")
 
 
 def speech(forget: float, retain: float, test: float = 0.1) -> dict:

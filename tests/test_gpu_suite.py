@@ -1,23 +1,18 @@
 """`benchmarks/gpu_suite.py` on CPU with `--quick` shapes: every method runs on every model, a failing case is recorded
 in the JSON and the suite goes on, and the phase shares come from a real profile. Timings are not asserted."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-
-REPO = Path(__file__).resolve().parents[1]
+from .testing_utils import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def suite():
-    spec = importlib.util.spec_from_file_location("gpu_suite", REPO / "benchmarks" / "gpu_suite.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_suite")
 
 
 def run_quick(suite, output_dir: Path, *extra: str) -> dict:

@@ -532,3 +532,19 @@ def default_recipe_run(recipe: str, output_root: Path) -> tuple[Path, subprocess
     result = run_recipe(recipe, "--output_dir", str(output_dir))
     assert result.returncode == 0, result.stderr[-4000:]
     return output_dir, result
+
+
+def load_benchmark(name: str) -> Any:
+    """The script `benchmarks/<name>.py` as a module (benchmarks are scripts, not a package); its folder is on
+    `sys.path` while it loads, so a script that imports a sibling (`from compare_methods import ...`) loads too."""
+    import importlib.util
+
+    folder = REPO / "benchmarks"
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(folder))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
+    return module

@@ -1,7 +1,6 @@
 """`benchmarks/ablate_orthograd_classifier.py`: each variant changes exactly what it names, the per-seed statistics and
 table, and `--quick` end to end on the digits (slow: it trains the seed's base and exact-retrain models)."""
 
-import importlib.util
 import json
 import math
 from dataclasses import fields
@@ -12,17 +11,12 @@ import pytest
 from hf_unlearn import GRUConfig, OrthoGradConfig
 from hf_unlearn.recipes.classifier import parse_args
 
-
-REPO = Path(__file__).resolve().parents[2]
+from ..testing_utils import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def ablate():
-    path = REPO / "benchmarks" / "ablate_orthograd_classifier.py"
-    spec = importlib.util.spec_from_file_location("ablate_orthograd_classifier", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("ablate_orthograd_classifier")
 
 
 def test_every_variant_parses_and_changes_only_its_own_setting(ablate, tmp_path):

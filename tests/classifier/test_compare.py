@@ -2,25 +2,19 @@
 grid selection on the validation split, 2 seeds, matched-forget stopping. The protocol itself (selection, tasks,
 statistics, outputs) is tested fast with a stand-in recipe in tests/test_compare_methods.py."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 from ..test_plots import assert_png
-
-
-REPO = Path(__file__).resolve().parents[2]
+from ..testing_utils import load_benchmark
 
 
 @pytest.mark.slow  # ~50 s of CPU: 16 recipe runs and 9 two-epoch reference models
 def test_quick_classifier_comparison_runs_the_recipe(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_UNLEARN_CACHE", str(tmp_path / "cache"))
-    spec = importlib.util.spec_from_file_location("compare_methods", REPO / "benchmarks" / "compare_methods.py")
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
+    compare = load_benchmark("compare_methods")
     results_dir, runs = tmp_path / "results", tmp_path / "runs"
     argv = ["--benchmark", "classifier", "--quick", "--methods", "graddiff", "orthograd"]
     summary = compare.main([*argv, "--runs_dir", str(runs), "--output_dir", str(results_dir)])
